@@ -1,0 +1,47 @@
+# Realtime leaderboard. `make help` lists the targets.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): requirements.txt requirements-dev.txt
+	@command -v python3 >/dev/null || { echo "python3 is required"; exit 1; }
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements-dev.txt
+	touch $(STAMP)
+
+install: $(STAMP) ## Create .venv and install the pinned dependencies
+
+run: $(STAMP) ## Start both services (SQLite, local Redis) on :8000 and :8001
+	scripts/run.sh
+
+test: $(STAMP) ## Run the whole test suite against real PostgreSQL and Redis
+	scripts/ensure-services.sh postgres
+	scripts/ensure-services.sh redis redis://127.0.0.1:6379
+	$(PY) -m pytest
+
+lint: $(STAMP) ## ruff (lint and format check) and mypy
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy app config
+
+format: $(STAMP) ## Reformat the code with ruff
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+migrate: $(STAMP) ## Apply database migrations (DATABASE_URL, default SQLite)
+	$(VENV)/bin/flask --app wsgi_increment db upgrade
+
+token: $(STAMP) ## Print a token: make token USER_ID=alice [EXPIRES=1h]
+	@$(VENV)/bin/flask --app wsgi_increment token $(or $(USER_ID),alice) --expires $(or $(EXPIRES),1h)
+
+clean: ## Remove the virtualenv, caches and the local SQLite database
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache instance .run
+
+.PHONY: help install run test lint format migrate token clean

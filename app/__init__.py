@@ -1,0 +1,71 @@
+"""The two application factories: the Increment Service and the View Board Service.
+
+Each builds the same base (settings, logging, database, Redis, JWT, errors,
+health, CLI) in `_build_app` and then registers only its own blueprint.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from flask import Flask
+from sqlalchemy import event
+
+from app import auth, cli, errors, health
+from app.extensions import db, init_redis, migrate, use_sqlite_wal
+from app.leaderboard import Board, BoardCache
+from config.settings import PROJECT_ROOT, Settings
+
+MIGRATIONS_DIR = PROJECT_ROOT / "migrations"
+
+
+def create_increment_app(settings: Settings | None = None) -> Flask:
+    """The Increment Service: `POST /score`."""
+    from app.scoring.views import bp as scoring_bp
+
+    app = _build_app("increment", settings)
+    app.register_blueprint(scoring_bp)
+    return app
+
+
+def create_board_app(settings: Settings | None = None) -> Flask:
+    """The View Board Service: the live board, snapshots and ranks."""
+    app = _build_app("board", settings)
+    return app
+
+
+def _build_app(name: str, settings: Settings | None) -> Flask:
+    settings = settings or Settings.from_env()
+    app = Flask(name, instance_path=str(PROJECT_ROOT / "instance"))
+    app.config.from_mapping(settings.flask_config())
+    app.json.sort_keys = False  # type: ignore[attr-defined]  # keep documented field order
+    app.extensions["settings"] = settings
+    _configure_logging(settings.log_level)
+    if settings.is_sqlite:
+        Path(app.instance_path).mkdir(parents=True, exist_ok=True)
+
+    db.init_app(app)
+    if settings.is_sqlite:
+        with app.app_context():
+            event.listen(db.engine, "connect", use_sqlite_wal)
+    migrate.init_app(app, db, directory=str(MIGRATIONS_DIR))
+    auth.init_auth(app)
+    client = init_redis(app.extensions, settings.redis_url, settings.redis_timeout_seconds)
+    board = Board(
+        name=settings.leaderboard_id,
+        top_n=settings.top_n,
+        channel=settings.redis_channel,
+        max_increment=settings.score_max_increment,
+    )
+    app.extensions["leaderboard"] = BoardCache(client, board)
+
+    errors.register_error_handlers(app)
+    app.register_blueprint(health.bp)
+    cli.register(app)
+    return app
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger().setLevel(level)

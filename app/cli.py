@@ -1,0 +1,61 @@
+"""`flask` commands for operators and scripts: token, rebuild, prune-idempotency-keys.
+
+flask --app wsgi_increment token alice --expires 1h
+flask --app wsgi_board rebuild
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+import click
+from flask import Flask, current_app
+
+from app.auth import mint_token
+from app.extensions import db
+from app.leaderboard import BoardCache, prune_idempotency_keys, rebuild_board
+
+_DURATION = re.compile(r"^(\d+)([smhd]?)$")
+_UNITS = {"": "seconds", "s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+
+
+def parse_duration(text: str) -> timedelta:
+    """'90', '90s', '15m', '1h' or '7d' as a timedelta."""
+    match = _DURATION.match(text.strip())
+    if not match or int(match.group(1)) == 0:
+        raise click.BadParameter(f"{text!r} is not a duration like 30s, 15m, 1h or 7d")
+    return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+
+
+def register(app: Flask) -> None:
+    app.cli.add_command(token_command)
+    app.cli.add_command(rebuild_command)
+    app.cli.add_command(prune_command)
+
+
+@click.command("token")
+@click.argument("user_id")
+@click.option("--expires", default="1h", show_default=True, help="Lifetime: 30s, 15m, 1h, 7d.")
+def token_command(user_id: str, expires: str) -> None:
+    """Print a signed access token for USER_ID (HS256 with JWT_SECRET_KEY)."""
+    if current_app.config["JWT_ALGORITHM"] != "HS256":
+        raise click.ClickException("tokens for RS256 are issued by your identity provider, not by this command")
+    try:
+        click.echo(mint_token(user_id, parse_duration(expires)))
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@click.command("rebuild")
+def rebuild_command() -> None:
+    """Rebuild the board's Redis cache from SQL and publish it."""
+    cache: BoardCache = current_app.extensions["leaderboard"]
+    result = rebuild_board(db.session(), cache)
+    click.echo(f"rebuilt board {cache.board.name!r}: {len(cache.entries())} entries, version {result.version}")
+
+
+@click.command("prune-idempotency-keys")
+def prune_command() -> None:
+    """Delete Idempotency-Keys older than the 24 h replay window."""
+    click.echo(f"deleted {prune_idempotency_keys(db.session())} expired idempotency keys")

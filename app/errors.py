@@ -1,0 +1,138 @@
+"""The one JSON error envelope, and the handlers that put every failure in it.
+
+Every error any route returns reads `{"error": {"code": ..., "message": ...}}`:
+our own API errors, werkzeug's HTTP errors (404, 405, 413, ...), JWT
+failures (see app.auth), database and Redis outages, and anything unexpected.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import redis
+from flask import Flask, Response, jsonify
+from sqlalchemy.exc import SQLAlchemyError
+from werkzeug.exceptions import HTTPException
+
+from app.extensions import db
+from app.leaderboard import IdempotencyKeyReused, TotalLimitExceeded
+
+log = logging.getLogger(__name__)
+
+
+class APIError(Exception):
+    """An error the API answers on purpose; subclasses fix status and code."""
+
+    status = 400
+    code = "bad_request"
+    message = "The request could not be understood."
+
+    def __init__(self, message: str | None = None, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message or self.message)
+        self.message = message or self.message
+        self.headers = headers or {}
+
+
+class MalformedJSON(APIError):
+    status, code = 400, "malformed_json"
+    message = "The request body is not valid JSON."
+
+
+class InvalidHeader(APIError):
+    status, code = 400, "invalid_header"
+
+
+class Unauthorized(APIError):
+    status, code = 401, "invalid_token"
+    message = "The bearer token is missing or invalid."
+
+
+class NotFound(APIError):
+    status, code = 404, "not_found"
+    message = "Not found."
+
+
+class UnsupportedMediaType(APIError):
+    status, code = 415, "unsupported_media_type"
+    message = "Send the body as JSON with 'Content-Type: application/json'."
+
+
+class InvalidBody(APIError):
+    status, code = 422, "invalid_body"
+
+
+class InvalidScore(APIError):
+    status, code = 422, "invalid_score"
+
+
+class ServiceUnavailable(APIError):
+    status, code = 503, "service_unavailable"
+    message = "The service is temporarily unavailable; try again shortly."
+
+
+# Werkzeug's HTTP errors keep their status; these get a friendlier code.
+_HTTP_CODES = {413: "body_too_large", 405: "method_not_allowed", 404: "not_found"}
+
+
+def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
+    """The envelope, as a response."""
+    response = jsonify({"error": {"code": code, "message": message}})
+    response.status_code = status
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+
+
+def register_error_handlers(app: Flask) -> None:
+    """Route every failure of `app` through the envelope."""
+
+    @app.errorhandler(APIError)
+    def api_error(error: APIError) -> Response:
+        return error_response(error.status, error.code, error.message, error.headers)
+
+    @app.errorhandler(HTTPException)
+    def http_error(error: HTTPException) -> Response:
+        status = error.code or 500
+        headers = {k: v for k, v in error.get_headers() if k.lower() != "content-type"}
+        if status == 413:
+            message = f"The request body is larger than {app.config['MAX_CONTENT_LENGTH']} bytes."
+        else:
+            message = error.description or error.name
+        return error_response(status, _HTTP_CODES.get(status, _snake(error.name)), message, headers)
+
+    @app.errorhandler(TotalLimitExceeded)
+    def total_limit(error: TotalLimitExceeded) -> Response:
+        return error_response(
+            422, "total_limit_exceeded", "This score would take the total past the largest exact value (2^53 - 1)."
+        )
+
+    @app.errorhandler(IdempotencyKeyReused)
+    def idempotency_conflict(error: IdempotencyKeyReused) -> Response:
+        return error_response(
+            422, "idempotency_conflict", "This Idempotency-Key was already used with a different request body."
+        )
+
+    @app.errorhandler(SQLAlchemyError)
+    def database_error(error: SQLAlchemyError) -> Response:
+        db.session.rollback()
+        log.warning("database unavailable: %s", error.__class__.__name__, exc_info=log.isEnabledFor(logging.DEBUG))
+        return error_response(
+            503, "database_unavailable", "The database is unavailable; try again shortly.", {"Retry-After": "1"}
+        )
+
+    @app.errorhandler(redis.RedisError)
+    def redis_error(error: redis.RedisError) -> Response:
+        log.warning("redis unavailable: %s", error.__class__.__name__)
+        return error_response(
+            503, "redis_unavailable", "Redis is unavailable; try again shortly.", {"Retry-After": "1"}
+        )
+
+    @app.errorhandler(Exception)
+    def unexpected_error(error: Exception) -> Response:
+        log.exception("unhandled error")
+        return error_response(500, "internal_error", "Something went wrong on our side.")

@@ -1,0 +1,61 @@
+"""Unbound extensions, bound to an app by the factory with `init_app`.
+
+The Redis client is per app, not global: it is built from the app's settings
+and kept in `app.extensions["redis"]`; `redis_client()` fetches it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import redis
+from flask import current_app
+from flask_jwt_extended import JWTManager
+from flask_migrate import Migrate
+from flask_sqlalchemy import SQLAlchemy
+from sqlalchemy import MetaData
+from sqlalchemy.orm import DeclarativeBase
+
+# Stable constraint names, so migrations can refer to them on every database.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+db = SQLAlchemy(model_class=Base)
+migrate = Migrate()
+jwt = JWTManager()
+
+
+def init_redis(app_extensions: dict[str, object], url: str, timeout: float) -> redis.Redis:
+    """Create the app's Redis client; connections are opened lazily from its pool."""
+    client = redis.Redis.from_url(
+        url,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        health_check_interval=30,
+        decode_responses=True,
+    )
+    app_extensions["redis"] = client
+    return client
+
+
+def use_sqlite_wal(dbapi_connection: Any, connection_record: Any) -> None:
+    """SQLite pragmas for two services on one file: readers never block the writer."""
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def redis_client() -> redis.Redis:
+    """The current app's Redis client."""
+    return cast(redis.Redis, current_app.extensions["redis"])

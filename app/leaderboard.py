@@ -1,0 +1,518 @@
+"""The leaderboard domain: submit a score, rank a user, snapshot and rebuild a board.
+
+SQL is the source of truth. Redis holds a derived cache of each board's top N,
+kept by one Lua script (`APPLY_SCRIPT`) so that the comparison with the
+smallest score, the write, the trim, the version bump and the publish happen
+as one atomic step. Everything here takes its clients as arguments and never
+imports Flask, so the views, the CLI and the tests share it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, cast
+
+import redis
+from sqlalchemy import ColumnElement, DateTime, Row, Select, and_, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.orm import Session
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import FunctionElement
+
+from app.models import IdempotencyKey, Score
+from config.settings import MAX_SAFE_TOTAL
+
+log = logging.getLogger(__name__)
+
+EPOCH = datetime(1970, 1, 1)
+
+
+def utc_now() -> datetime:
+    """Naive UTC, as the database columns store it."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+IDEMPOTENCY_TTL = timedelta(hours=24)
+# Width of the zero-padded microsecond timestamp that starts a Redis member.
+REACHED_WIDTH = 17
+
+# The one ranking order: score descending, then whoever reached that score
+# first, then userId ascending (byte-wise). The Redis side encodes the same
+# order in its members; see APPLY_SCRIPT.
+RANK_ORDER = (Score.total.desc(), Score.reached_at.asc(), Score.user_id.asc())
+
+
+class TotalLimitExceeded(Exception):
+    """The increment would take the user's total past the board's maximum."""
+
+
+class IdempotencyKeyReused(Exception):
+    """An Idempotency-Key came back with a different request body."""
+
+
+@dataclass(frozen=True)
+class Board:
+    """One leaderboard: its name, its size and where its updates are published."""
+
+    name: str
+    top_n: int
+    channel: str
+    max_increment: int
+    max_total: int = MAX_SAFE_TOTAL
+
+    @property
+    def keys(self) -> BoardKeys:
+        return BoardKeys.for_board(self.name)
+
+
+@dataclass(frozen=True)
+class BoardKeys:
+    """Redis key names of a board. One hash tag, so they share a cluster slot."""
+
+    top: str
+    members: str
+    version: str
+    latest: str
+
+    @classmethod
+    def for_board(cls, name: str) -> BoardKeys:
+        prefix = f"lb:{{{name}}}"
+        return cls(
+            top=f"{prefix}:top",
+            members=f"{prefix}:members",
+            version=f"{prefix}:version",
+            latest=f"{prefix}:latest",
+        )
+
+    def as_list(self) -> list[str]:
+        return [self.top, self.members, self.version, self.latest]
+
+
+@dataclass(frozen=True)
+class Standing:
+    """A user's total and when they reached it, as stored in SQL."""
+
+    user_id: str
+    total: int
+    reached_at: datetime
+
+    @property
+    def reached_us(self) -> int:
+        return (self.reached_at - EPOCH) // timedelta(microseconds=1)
+
+    @property
+    def member(self) -> str:
+        """The sorted-set member: byte order of members is the tie order."""
+        return f"{self.reached_us:0{REACHED_WIDTH}d}:{self.user_id}"
+
+
+@dataclass(frozen=True)
+class Submission:
+    """What `POST /score` answers."""
+
+    user_id: str
+    total: int
+    rank: int | None
+    replayed: bool = False
+
+    def as_json(self) -> dict[str, Any]:
+        return {"status": "ok", "userId": self.user_id, "score": self.total, "rank": self.rank}
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    """What APPLY_SCRIPT did: `written`, `unchanged` or `uninitialized`."""
+
+    status: str
+    version: int | None
+    rank: int | None
+
+
+# APPLY_SCRIPT: merge standings into a board's top-N sorted set, atomically.
+#
+# KEYS[1] top      sorted set; score = -total, member = "<reached µs, 17 digits>:<userId>",
+#                  so Redis's own order (score ascending, then member bytes) is
+#                  exactly RANK_ORDER, and ZRANGE 0 N-1 is the board.
+# KEYS[2] members  hash userId -> current member, to find a user's old entry
+# KEYS[3] version  board version; absent means "never built": rebuild from SQL
+# KEYS[4] latest   the last published message, so a new viewer needs one GET
+# ARGV[1] N        board size
+# ARGV[2] channel  Pub/Sub channel for the update message
+# ARGV[3] mode     "write": one standing, refused when the board was never built;
+#                  "merge": any number of standings; "replace": empty the set first
+# ARGV[4] user     userId the message names as updatedUser ("" for none)
+# ARGV[5] total    that user's new total, the message's newScore ("" for none)
+# ARGV[6..]        triples: userId, total, member
+#
+# A standing is admitted when the user is already on the board with a smaller
+# total, or the board has fewer than N entries, or it ranks ahead of the last
+# entry. A total never replaces a larger one, so a late, stale write is a no-op.
+# On any change: trim to N, set version = max(version + 1, now in µs) (monotonic
+# even across a flushed Redis), store and PUBLISH the message.
+#
+# Returns {status, version or false, rank of ARGV[4] (1-based) or false}.
+APPLY_SCRIPT = """
+local top, members, version_key, latest_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local n, channel, mode, updated, updated_total = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+
+local function user_of(member)
+  return string.sub(member, string.find(member, ':', 1, true) + 1)
+end
+
+local function rank_of(user)
+  local member = user ~= '' and redis.call('HGET', members, user)
+  if not member then return false end
+  local r = redis.call('ZRANK', top, member)
+  return r and r + 1 or false
+end
+
+if mode == 'write' and redis.call('EXISTS', version_key) == 0 then
+  return {'uninitialized', false, false}
+end
+if mode == 'replace' then
+  redis.call('DEL', top, members)
+end
+
+local changed = false
+for i = 6, #ARGV, 3 do
+  local user, score, member = ARGV[i], -tonumber(ARGV[i + 1]), ARGV[i + 2]
+  local old = redis.call('HGET', members, user)
+  local old_score = old and redis.call('ZSCORE', top, old)
+  local admit
+  if old_score then
+    admit = score < tonumber(old_score)
+  elseif redis.call('ZCARD', top) < n then
+    admit = true
+  else
+    local last = redis.call('ZRANGE', top, -1, -1, 'WITHSCORES')
+    local last_score = tonumber(last[2])
+    admit = score < last_score or (score == last_score and member < last[1])
+  end
+  if admit then
+    if old then redis.call('ZREM', top, old) end
+    redis.call('ZADD', top, score, member)
+    redis.call('HSET', members, user, member)
+    changed = true
+  end
+end
+
+local overflow = redis.call('ZRANGE', top, n, -1)
+for _, member in ipairs(overflow) do
+  redis.call('HDEL', members, user_of(member))
+end
+if #overflow > 0 then
+  redis.call('ZREMRANGEBYRANK', top, n, -1)
+end
+
+if not changed and mode ~= 'replace' then
+  return {'unchanged', redis.call('GET', version_key) or false, rank_of(updated)}
+end
+
+local now = redis.call('TIME')
+local now_us = tonumber(now[1]) * 1000000 + tonumber(now[2])
+local version = math.max((tonumber(redis.call('GET', version_key)) or 0) + 1, now_us)
+local version_text = string.format('%d', version)
+redis.call('SET', version_key, version_text)
+
+local rows = redis.call('ZRANGE', top, 0, -1, 'WITHSCORES')
+local entries = {}
+for i = 1, #rows, 2 do
+  local total = string.format('%d', -tonumber(rows[i + 1]))
+  entries[#entries + 1] = '[' .. cjson.encode(user_of(rows[i])) .. ',"' .. total .. '"]'
+end
+local updated_json, new_score = 'null', 'null'
+if updated ~= '' then
+  updated_json, new_score = cjson.encode(updated), updated_total
+end
+local message = '{"type":"update","updatedUser":' .. updated_json
+  .. ',"newScore":' .. new_score
+  .. ',"top":[' .. table.concat(entries, ',') .. ']'
+  .. ',"version":' .. version_text
+  .. ',"ts":' .. now[1] .. '.' .. string.format('%06d', tonumber(now[2])) .. '}'
+redis.call('SET', latest_key, message)
+redis.call('PUBLISH', channel, message)
+return {'written', version_text, rank_of(updated)}
+"""
+
+
+class BoardCache:
+    """The Redis side of one board: its keys, its script and its channel."""
+
+    def __init__(self, client: redis.Redis, board: Board) -> None:
+        self.redis = client
+        self.board = board
+        self.keys = board.keys
+        self._apply = client.register_script(APPLY_SCRIPT)
+
+    def apply(self, standings: Sequence[Standing], *, mode: str, updated: Standing | None = None) -> ApplyResult:
+        """Run APPLY_SCRIPT; see its header for the modes. `updated` is named in the message."""
+        args: list[str | int] = [
+            self.board.top_n,
+            self.board.channel,
+            mode,
+            updated.user_id if updated else "",
+            updated.total if updated else "",
+        ]
+        for standing in standings:
+            args += [standing.user_id, standing.total, standing.member]
+        status, version, rank = self._apply(keys=self.keys.as_list(), args=args)
+        return ApplyResult(status=status, version=int(version) if version else None, rank=int(rank) if rank else None)
+
+    def rank(self, user_id: str) -> int | None:
+        """The user's 1-based rank on the cached board, or None when not on it."""
+        member = cast(str | None, self.redis.hget(self.keys.members, user_id))
+        if member is None:
+            return None
+        rank = cast(int | None, self.redis.zrank(self.keys.top, member))
+        return None if rank is None else rank + 1
+
+    def entries(self) -> list[tuple[str, int]]:
+        """The cached board in rank order, as (userId, total) pairs."""
+        rows = cast(list[tuple[str, float]], self.redis.zrange(self.keys.top, 0, -1, withscores=True))
+        return [(member.split(":", 1)[1], -int(score)) for member, score in rows]
+
+    def latest_message(self) -> dict[str, Any] | None:
+        """The last message published for the board, or None if never built."""
+        raw = cast(str | None, self.redis.get(self.keys.latest))
+        return None if raw is None else cast(dict[str, Any], json.loads(raw))
+
+
+# -- SQL ---------------------------------------------------------------------
+
+
+class db_now(FunctionElement[datetime]):
+    """The database's current UTC time, with the finest precision it offers."""
+
+    type = DateTime()
+    inherit_cache = True
+
+
+@compiles(db_now)
+def _db_now_default(element: db_now, compiler: SQLCompiler, **kw: Any) -> str:
+    return "CURRENT_TIMESTAMP"
+
+
+@compiles(db_now, "postgresql")
+def _db_now_postgresql(element: db_now, compiler: SQLCompiler, **kw: Any) -> str:
+    # clock_timestamp(), not now(): the time of this statement, after any
+    # lock wait, not the start of the transaction.
+    return "(clock_timestamp() AT TIME ZONE 'UTC')"
+
+
+@compiles(db_now, "sqlite")
+def _db_now_sqlite(element: db_now, compiler: SQLCompiler, **kw: Any) -> str:
+    # Milliseconds, padded to the six digits SQLAlchemy stores, so stored
+    # values compare correctly as text.
+    return "strftime('%Y-%m-%d %H:%M:%f000', 'now')"
+
+
+def _insert(session: Session) -> Any:
+    """The dialect's INSERT, which knows ON CONFLICT (PostgreSQL and SQLite)."""
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        return postgresql.insert
+    if dialect == "sqlite":
+        return sqlite.insert
+    raise RuntimeError(f"unsupported database dialect: {dialect}")
+
+
+def add_to_total(session: Session, board: Board, user_id: str, increment: int) -> Standing:
+    """Add `increment` to the user's total in one atomic statement.
+
+    Concurrent calls for one user serialise on the row, so no increment is
+    lost. Raises TotalLimitExceeded, changing nothing, past `board.max_total`.
+    """
+    if increment > board.max_total:
+        raise TotalLimitExceeded
+    table = Score.__table__
+    stmt = _insert(session)(table).values(
+        board=board.name, user_id=user_id, total=increment, reached_at=db_now(), version=1
+    )
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[table.c.board, table.c.user_id],
+        set_={"total": table.c.total + stmt.excluded.total, "reached_at": db_now(), "version": table.c.version + 1},
+        where=table.c.total + stmt.excluded.total <= board.max_total,
+    ).returning(table.c.total, table.c.reached_at)
+    row = session.execute(stmt).one_or_none()
+    if row is None:
+        raise TotalLimitExceeded
+    return Standing(user_id=user_id, total=row.total, reached_at=row.reached_at)
+
+
+def top_standings(session: Session, board: Board) -> list[Standing]:
+    """The board's top N from SQL, in RANK_ORDER."""
+    rows = session.execute(
+        select(Score.user_id, Score.total, Score.reached_at)
+        .where(Score.board == board.name)
+        .order_by(*RANK_ORDER)
+        .limit(board.top_n)
+    )
+    return [Standing(user_id=r.user_id, total=r.total, reached_at=r.reached_at) for r in rows]
+
+
+def ranked_ahead(board: Board, standing: Standing) -> ColumnElement[bool]:
+    """Rows that rank ahead of `standing` in RANK_ORDER."""
+    return and_(
+        Score.board == board.name,
+        or_(
+            Score.total > standing.total,
+            and_(Score.total == standing.total, Score.reached_at < standing.reached_at),
+            and_(
+                Score.total == standing.total,
+                Score.reached_at == standing.reached_at,
+                Score.user_id < standing.user_id,
+            ),
+        ),
+    )
+
+
+def rank_query(board: Board, standing: Standing) -> Select[Any]:
+    """The exact 1-based rank of `standing` among all rows of the board."""
+    return select(func.count() + 1).select_from(Score).where(ranked_ahead(board, standing))
+
+
+# -- Idempotency -------------------------------------------------------------
+
+
+def _claim_idempotency_key(session: Session, board: Board, user_id: str, key: str, increment: int) -> bool:
+    """Record the key in the current transaction; False when a live one exists.
+
+    On PostgreSQL a concurrent claim of the same key waits here for the first
+    transaction to end, so exactly one of them goes on to add the score.
+    """
+    now = utc_now()
+    table = IdempotencyKey.__table__
+    stmt = _insert(session)(table).values(
+        board=board.name, user_id=user_id, key=key, increment=increment, total=None, response=None, created_at=now
+    )
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[table.c.board, table.c.user_id, table.c.key],
+        set_={"increment": stmt.excluded.increment, "total": None, "response": None, "created_at": now},
+        where=table.c.created_at < now - IDEMPOTENCY_TTL,
+    ).returning(table.c.key)
+    return session.execute(stmt).first() is not None
+
+
+def _idempotency_record(session: Session, board: Board, user_id: str, key: str) -> Row[Any] | None:
+    return session.execute(
+        select(IdempotencyKey.user_id, IdempotencyKey.increment, IdempotencyKey.total, IdempotencyKey.response).where(
+            IdempotencyKey.board == board.name, IdempotencyKey.user_id == user_id, IdempotencyKey.key == key
+        )
+    ).one_or_none()
+
+
+def _replay(record: Row[Any], increment: int, cache: BoardCache) -> Submission:
+    if record.increment != increment:
+        raise IdempotencyKeyReused
+    if record.response is not None:
+        return Submission(
+            user_id=record.user_id, total=record.response["score"], rank=record.response["rank"], replayed=True
+        )
+    # The first request is still between its commit and its Redis update (or
+    # Redis failed it): its total is known, its rank is the current one.
+    assert record.total is not None
+    return Submission(
+        user_id=record.user_id, total=record.total, rank=_cached_rank(cache, record.user_id), replayed=True
+    )
+
+
+def _cached_rank(cache: BoardCache, user_id: str) -> int | None:
+    try:
+        return cache.rank(user_id)
+    except redis.RedisError:
+        return None
+
+
+def prune_idempotency_keys(session: Session, now: datetime | None = None) -> int:
+    """Delete keys older than the 24 h replay window; returns how many."""
+    cutoff = (now or utc_now()) - IDEMPOTENCY_TTL
+    result = session.execute(IdempotencyKey.__table__.delete().where(IdempotencyKey.created_at < cutoff))
+    session.commit()
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+# -- The write path ----------------------------------------------------------
+
+
+def submit_score(
+    session: Session,
+    cache: BoardCache,
+    user_id: str,
+    increment: int,
+    idempotency_key: str | None = None,
+) -> Submission:
+    """Add `increment` to the user's total in SQL, then update the cached board.
+
+    The SQL commit is the point of acceptance. If Redis fails after it, the
+    score stays recorded and the answer carries `rank: None`; the cache is
+    rebuilt from SQL later. With an `idempotency_key`, a repeat within 24 h
+    returns the first answer and adds nothing.
+    """
+    board = cache.board
+    try:
+        if idempotency_key is not None and not _claim_idempotency_key(
+            session, board, user_id, idempotency_key, increment
+        ):
+            record = _idempotency_record(session, board, user_id, idempotency_key)
+            session.rollback()
+            if record is None:  # pruned between the claim and the read: claim again
+                return submit_score(session, cache, user_id, increment, idempotency_key)
+            return _replay(record, increment, cache)
+        standing = add_to_total(session, board, user_id, increment)
+        if idempotency_key is not None:
+            session.execute(_idempotency_update(board, user_id, idempotency_key, total=standing.total))
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+
+    rank = publish_standing(session, cache, standing)
+    submission = Submission(user_id=user_id, total=standing.total, rank=rank)
+    if idempotency_key is not None:
+        session.execute(_idempotency_update(board, user_id, idempotency_key, response=submission.as_json()))
+        session.commit()
+    return submission
+
+
+def _idempotency_update(board: Board, user_id: str, key: str, **values: Any) -> Any:
+    return (
+        update(IdempotencyKey)
+        .where(IdempotencyKey.board == board.name, IdempotencyKey.user_id == user_id, IdempotencyKey.key == key)
+        .values(**values)
+    )
+
+
+def publish_standing(session: Session, cache: BoardCache, standing: Standing) -> int | None:
+    """Apply a committed standing to the cached board; returns the user's rank.
+
+    A board Redis has never seen (or lost) is rebuilt from SQL first. A Redis
+    failure is logged and answered with None: SQL already holds the score.
+    """
+    try:
+        result = cache.apply([standing], mode="write", updated=standing)
+        if result.status == "uninitialized":
+            result = rebuild_board(session, cache, updated=standing)
+        return result.rank
+    except redis.RedisError as exc:
+        log.warning("board %s not updated in Redis after commit: %s", cache.board.name, exc)
+        return None
+
+
+def rebuild_board(session: Session, cache: BoardCache, updated: Standing | None = None) -> ApplyResult:
+    """Make the cached board equal to the SQL top N, and publish it.
+
+    Replace with one read of SQL, then merge a second read: a write whose
+    script ran before the replace had committed before the second read, so
+    the merge restores it; later writes apply their own script after ours.
+    `updated`, when a write triggered the rebuild, is named in the message
+    and ranked in the result.
+    """
+    cache.apply(top_standings(session, cache.board), mode="replace", updated=updated)
+    result = cache.apply(top_standings(session, cache.board), mode="merge", updated=updated)
+    session.rollback()  # end the read transaction; nothing was written
+    return result

@@ -1,0 +1,28 @@
+"""The Increment Service's one resource: `POST /score`."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, current_app, jsonify, request
+from flask_jwt_extended import jwt_required
+
+from app.auth import current_user_id
+from app.extensions import db
+from app.leaderboard import BoardCache, submit_score
+from app.scoring.schemas import check_content_type, parse_idempotency_key, parse_json, parse_score
+
+bp = Blueprint("scoring", __name__)
+
+
+@bp.post("/score")
+@jwt_required()
+def post_score() -> Response:
+    """Add the body's score to the caller's total; answer the new total and rank."""
+    cache: BoardCache = current_app.extensions["leaderboard"]
+    check_content_type(request.mimetype, request.mimetype_params.get("charset"))
+    key = parse_idempotency_key(request.headers)
+    increment = parse_score(parse_json(request.get_data(cache=False)), cache.board.max_increment)
+    submission = submit_score(db.session(), cache, current_user_id(), increment, key)
+    response = jsonify(submission.as_json())
+    if submission.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return response

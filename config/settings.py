@@ -1,0 +1,209 @@
+"""Settings: the only module that reads the environment.
+
+`Settings.from_env()` reads and checks every variable at once, so a bad value
+stops the process at startup with a message that names the variable, instead
+of surfacing as a strange failure on the first request.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_SQLITE_PATH = PROJECT_ROOT / "instance" / "leaderboard.db"
+
+# Used when JWT_SECRET_KEY is unset outside production, so `make run` works
+# with no configuration. Production refuses it (see `_check_production`).
+DEVELOPMENT_JWT_SECRET = "dev-only-secret-change-me-0123456789abcdef"  # noqa: S105
+MIN_SECRET_BYTES = 32
+
+# Totals stay exact as IEEE doubles (Redis sorted-set scores, JavaScript).
+MAX_SAFE_TOTAL = 2**53 - 1
+
+ENVIRONMENTS = ("development", "testing", "production")
+_BOARD_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+class ConfigError(RuntimeError):
+    """A setting is missing or invalid; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting of both services, with the defaults `make run` needs."""
+
+    env: str = "development"
+    database_url: str = f"sqlite:///{DEFAULT_SQLITE_PATH}"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    leaderboard_id: str = "default"
+    redis_channel: str = "leaderboard:updated"
+    top_n: int = 10
+    score_max_increment: int = 1_000_000
+    max_content_length: int = 4096
+    jwt_secret_key: str = DEVELOPMENT_JWT_SECRET
+    jwt_algorithm: str = "HS256"
+    jwt_public_key: str | None = None
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    db_pool_size: int = 10
+    db_timeout_seconds: float = 5.0
+    redis_timeout_seconds: float = 2.0
+    log_level: str = "INFO"
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from `environ` (default: the process environment)."""
+        env = os.environ if environ is None else environ
+        reader = _Reader(env)
+        app_env = reader.choice("APP_ENV", cls.env, ENVIRONMENTS)
+        settings = cls(
+            env=app_env,
+            database_url=normalize_database_url(reader.text("DATABASE_URL", cls.database_url)),
+            redis_url=reader.text("REDIS_URL", cls.redis_url),
+            leaderboard_id=reader.matching("LEADERBOARD_ID", cls.leaderboard_id, _BOARD_ID),
+            redis_channel=reader.text("REDIS_CHANNEL", cls.redis_channel),
+            top_n=reader.integer("TOP_N", cls.top_n, low=1, high=1000),
+            score_max_increment=reader.integer(
+                "SCORE_MAX_INCREMENT", cls.score_max_increment, low=1, high=MAX_SAFE_TOTAL
+            ),
+            max_content_length=reader.integer("MAX_CONTENT_LENGTH", cls.max_content_length, low=64, high=1_048_576),
+            jwt_secret_key=reader.text("JWT_SECRET_KEY", "" if app_env == "production" else cls.jwt_secret_key),
+            jwt_algorithm=reader.choice("JWT_ALGORITHM", cls.jwt_algorithm, ("HS256", "RS256")),
+            jwt_public_key=reader.optional("JWT_PUBLIC_KEY"),
+            jwt_issuer=reader.optional("JWT_ISSUER"),
+            jwt_audience=reader.optional("JWT_AUDIENCE"),
+            db_pool_size=reader.integer("DB_POOL_SIZE", cls.db_pool_size, low=1, high=500),
+            db_timeout_seconds=reader.number("DB_TIMEOUT_SECONDS", cls.db_timeout_seconds, low=0.1, high=300),
+            redis_timeout_seconds=reader.number("REDIS_TIMEOUT_SECONDS", cls.redis_timeout_seconds, low=0.1, high=300),
+            log_level=reader.choice("LOG_LEVEL", cls.log_level, ("DEBUG", "INFO", "WARNING", "ERROR")),
+        )
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        """Refuse combinations that would only fail later, at request time."""
+        if self.jwt_algorithm == "RS256" and not self.jwt_public_key:
+            raise ConfigError("JWT_ALGORITHM=RS256 needs JWT_PUBLIC_KEY (a PEM public key)")
+        if self.jwt_algorithm == "HS256":
+            if self.env == "production" and (
+                len(self.jwt_secret_key.encode()) < MIN_SECRET_BYTES or self.jwt_secret_key == DEVELOPMENT_JWT_SECRET
+            ):
+                raise ConfigError(
+                    f"JWT_SECRET_KEY must be set to a random secret of at least {MIN_SECRET_BYTES} bytes "
+                    "in production (for example: python -c 'import secrets; print(secrets.token_hex(32))')"
+                )
+            if len(self.jwt_secret_key.encode()) < MIN_SECRET_BYTES:
+                raise ConfigError(f"JWT_SECRET_KEY must be at least {MIN_SECRET_BYTES} bytes long")
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    def flask_config(self) -> dict[str, Any]:
+        """The Flask and extension configuration these settings imply."""
+        engine_options: dict[str, Any] = {"pool_pre_ping": True}
+        if self.is_sqlite:
+            # SQLite serialises writers; wait for the lock instead of failing at once.
+            engine_options["connect_args"] = {"timeout": self.db_timeout_seconds}
+        else:
+            timeout_ms = int(self.db_timeout_seconds * 1000)
+            engine_options.update(
+                pool_size=self.db_pool_size,
+                max_overflow=self.db_pool_size,
+                pool_timeout=self.db_timeout_seconds,
+                pool_recycle=1800,
+                connect_args={
+                    "connect_timeout": max(1, round(self.db_timeout_seconds)),
+                    "options": f"-c statement_timeout={timeout_ms} -c lock_timeout={timeout_ms}",
+                    "application_name": "leaderboard",
+                },
+            )
+        config: dict[str, Any] = {
+            "TESTING": self.env == "testing",
+            "SQLALCHEMY_DATABASE_URI": self.database_url,
+            "SQLALCHEMY_ENGINE_OPTIONS": engine_options,
+            "SQLALCHEMY_TRACK_MODIFICATIONS": False,
+            "MAX_CONTENT_LENGTH": self.max_content_length,
+            "JWT_SECRET_KEY": self.jwt_secret_key,
+            "JWT_ALGORITHM": self.jwt_algorithm,
+            "JWT_DECODE_ALGORITHMS": [self.jwt_algorithm],
+            "JWT_PUBLIC_KEY": self.jwt_public_key,
+            "JWT_TOKEN_LOCATION": ["headers"],
+            "JWT_ENCODE_ISSUER": self.jwt_issuer,
+            "JWT_DECODE_ISSUER": self.jwt_issuer,
+            "JWT_ENCODE_AUDIENCE": self.jwt_audience,
+            "JWT_DECODE_AUDIENCE": self.jwt_audience,
+            "JWT_ACCESS_TOKEN_EXPIRES": timedelta(hours=1),
+            "JWT_ERROR_MESSAGE_KEY": "message",
+        }
+        config.update(self.extra)
+        return config
+
+
+def normalize_database_url(url: str) -> str:
+    """Map the URL forms hosting platforms hand out onto psycopg2.
+
+    SQLAlchemy 2.1 reads a bare `postgresql://` as psycopg 3, and no longer
+    accepts `postgres://` at all; both mean psycopg2 here.
+    """
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg2://" + url[len(prefix) :]
+    return url
+
+
+class _Reader:
+    """Typed access to an environment mapping; errors name the variable."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._environ = environ
+
+    def optional(self, name: str) -> str | None:
+        value = self._environ.get(name, "").strip()
+        return value or None
+
+    def text(self, name: str, default: str) -> str:
+        return self.optional(name) or default
+
+    def choice(self, name: str, default: str, allowed: tuple[str, ...]) -> str:
+        value = self.text(name, default)
+        if value not in allowed:
+            raise ConfigError(f"{name}={value!r} is not one of {', '.join(allowed)}")
+        return value
+
+    def matching(self, name: str, default: str, pattern: re.Pattern[str]) -> str:
+        value = self.text(name, default)
+        if not pattern.match(value):
+            raise ConfigError(f"{name}={value!r} must match {pattern.pattern}")
+        return value
+
+    def integer(self, name: str, default: int, *, low: int, high: int) -> int:
+        raw = self.optional(name)
+        if raw is None:
+            return default
+        try:
+            value = int(raw.replace("_", ""))
+        except ValueError:
+            raise ConfigError(f"{name}={raw!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise ConfigError(f"{name}={value} must be between {low} and {high}")
+        return value
+
+    def number(self, name: str, default: float, *, low: float, high: float) -> float:
+        raw = self.optional(name)
+        if raw is None:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigError(f"{name}={raw!r} is not a number") from None
+        if not low <= value <= high:
+            raise ConfigError(f"{name}={value} must be between {low} and {high}")
+        return value

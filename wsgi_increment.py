@@ -1,0 +1,5 @@
+"""WSGI entry point of the Increment Service: `gunicorn wsgi_increment:app`."""
+
+from app import create_increment_app
+
+app = create_increment_app()
