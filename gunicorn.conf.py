@@ -33,9 +33,15 @@ timeout = 30
 # told to reconnect well before this runs out.
 graceful_timeout = 20
 
-# Idle keep-alive connections are cheap under gevent, and reusing them saves a
-# TCP handshake per request for scripts and load balancers.
-keepalive = 15
+# Reusing connections saves a TCP handshake per request for scripts and load
+# balancers. Kept short because an idle keep-alive connection holds up a
+# graceful shutdown until it times out.
+keepalive = 5
+
+# gunicorn 25+ opens a control socket at one fixed path per user; two
+# services (or several instances) on one host would fight over it, and
+# nothing here uses `gunicornc`.
+control_socket_disable = True
 
 # One line per request on stdout, for `make run` and container logs.
 accesslog = "-"

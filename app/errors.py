@@ -53,6 +53,10 @@ class NotFound(APIError):
     message = "Not found."
 
 
+class PayloadTooLarge(APIError):
+    status, code = 413, "body_too_large"
+
+
 class UnsupportedMediaType(APIError):
     status, code = 415, "unsupported_media_type"
     message = "Send the body as JSON with 'Content-Type: application/json'."
@@ -73,6 +77,10 @@ class ServiceUnavailable(APIError):
 
 # Werkzeug's HTTP errors keep their status; these get a friendlier code.
 _HTTP_CODES = {413: "body_too_large", 405: "method_not_allowed", 404: "not_found"}
+
+
+def body_too_large_message(limit: int) -> str:
+    return f"The request body is larger than {limit} bytes."
 
 
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
@@ -100,7 +108,7 @@ def register_error_handlers(app: Flask) -> None:
         status = error.code or 500
         headers = {k: v for k, v in error.get_headers() if k.lower() != "content-type"}
         if status == 413:
-            message = f"The request body is larger than {app.config['MAX_CONTENT_LENGTH']} bytes."
+            message = body_too_large_message(app.extensions["settings"].max_content_length)
         else:
             message = error.description or error.name
         return error_response(status, _HTTP_CODES.get(status, _snake(error.name)), message, headers)

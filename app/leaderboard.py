@@ -126,11 +126,10 @@ class Submission:
 
 @dataclass(frozen=True)
 class ApplyResult:
-    """What APPLY_SCRIPT did: `written`, `unchanged` or `uninitialized`."""
+    """What APPLY_SCRIPT did (`written`, `unchanged` or `uninitialized`) and the board version."""
 
     status: str
     version: int | None
-    rank: int | None
 
 
 # APPLY_SCRIPT: merge standings into a board's top-N sorted set, atomically.
@@ -155,7 +154,7 @@ class ApplyResult:
 # On any change: trim to N, set version = max(version + 1, now in µs) (monotonic
 # even across a flushed Redis), store and PUBLISH the message.
 #
-# Returns {status, version or false, rank of ARGV[4] (1-based) or false}.
+# Returns {status, version or false}.
 APPLY_SCRIPT = """
 local top, members, version_key, latest_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local n, channel, mode, updated, updated_total = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4], ARGV[5]
@@ -164,15 +163,8 @@ local function user_of(member)
   return string.sub(member, string.find(member, ':', 1, true) + 1)
 end
 
-local function rank_of(user)
-  local member = user ~= '' and redis.call('HGET', members, user)
-  if not member then return false end
-  local r = redis.call('ZRANK', top, member)
-  return r and r + 1 or false
-end
-
 if mode == 'write' and redis.call('EXISTS', version_key) == 0 then
-  return {'uninitialized', false, false}
+  return {'uninitialized', false}
 end
 if mode == 'replace' then
   redis.call('DEL', top, members)
@@ -210,7 +202,7 @@ if #overflow > 0 then
 end
 
 if not changed and mode ~= 'replace' then
-  return {'unchanged', redis.call('GET', version_key) or false, rank_of(updated)}
+  return {'unchanged', redis.call('GET', version_key) or false}
 end
 
 local now = redis.call('TIME')
@@ -236,7 +228,7 @@ local message = '{"type":"update","updatedUser":' .. updated_json
   .. ',"ts":' .. now[1] .. '.' .. string.format('%06d', tonumber(now[2])) .. '}'
 redis.call('SET', latest_key, message)
 redis.call('PUBLISH', channel, message)
-return {'written', version_text, rank_of(updated)}
+return {'written', version_text}
 """
 
 
@@ -260,8 +252,8 @@ class BoardCache:
         ]
         for standing in standings:
             args += [standing.user_id, standing.total, standing.member]
-        status, version, rank = self._apply(keys=self.keys.as_list(), args=args)
-        return ApplyResult(status=status, version=int(version) if version else None, rank=int(rank) if rank else None)
+        status, version = self._apply(keys=self.keys.as_list(), args=args)
+        return ApplyResult(status=status, version=int(version) if version else None)
 
     def rank(self, user_id: str) -> int | None:
         """The user's 1-based rank on the cached board, or None when not on it."""
@@ -376,6 +368,16 @@ def rank_query(board: Board, standing: Standing) -> Select[Any]:
     return select(func.count() + 1).select_from(Score).where(ranked_ahead(board, standing))
 
 
+def top_rank(session: Session, board: Board, standing: Standing) -> int | None:
+    """The 1-based rank of `standing` if it is in the top N, else None.
+
+    Counts at most N rows ahead, so it costs the same on any board size.
+    """
+    ahead = select(Score.user_id).where(ranked_ahead(board, standing)).limit(board.top_n).subquery()
+    count = session.execute(select(func.count()).select_from(ahead)).scalar_one()
+    return int(count) + 1 if count < board.top_n else None
+
+
 # -- Idempotency -------------------------------------------------------------
 
 
@@ -388,11 +390,11 @@ def _claim_idempotency_key(session: Session, board: Board, user_id: str, key: st
     now = utc_now()
     table = IdempotencyKey.__table__
     stmt = _insert(session)(table).values(
-        board=board.name, user_id=user_id, key=key, increment=increment, total=None, response=None, created_at=now
+        board=board.name, user_id=user_id, key=key, increment=increment, response=None, created_at=now
     )
     stmt = stmt.on_conflict_do_update(
         index_elements=[table.c.board, table.c.user_id, table.c.key],
-        set_={"increment": stmt.excluded.increment, "total": None, "response": None, "created_at": now},
+        set_={"increment": stmt.excluded.increment, "response": None, "created_at": now},
         where=table.c.created_at < now - IDEMPOTENCY_TTL,
     ).returning(table.c.key)
     return session.execute(stmt).first() is not None
@@ -400,32 +402,17 @@ def _claim_idempotency_key(session: Session, board: Board, user_id: str, key: st
 
 def _idempotency_record(session: Session, board: Board, user_id: str, key: str) -> Row[Any] | None:
     return session.execute(
-        select(IdempotencyKey.user_id, IdempotencyKey.increment, IdempotencyKey.total, IdempotencyKey.response).where(
+        select(IdempotencyKey.increment, IdempotencyKey.response).where(
             IdempotencyKey.board == board.name, IdempotencyKey.user_id == user_id, IdempotencyKey.key == key
         )
     ).one_or_none()
 
 
-def _replay(record: Row[Any], increment: int, cache: BoardCache) -> Submission:
+def _replay(record: Row[Any], increment: int) -> Submission:
     if record.increment != increment:
         raise IdempotencyKeyReused
-    if record.response is not None:
-        return Submission(
-            user_id=record.user_id, total=record.response["score"], rank=record.response["rank"], replayed=True
-        )
-    # The first request is still between its commit and its Redis update (or
-    # Redis failed it): its total is known, its rank is the current one.
-    assert record.total is not None
-    return Submission(
-        user_id=record.user_id, total=record.total, rank=_cached_rank(cache, record.user_id), replayed=True
-    )
-
-
-def _cached_rank(cache: BoardCache, user_id: str) -> int | None:
-    try:
-        return cache.rank(user_id)
-    except redis.RedisError:
-        return None
+    response = record.response
+    return Submission(user_id=response["userId"], total=response["score"], rank=response["rank"], replayed=True)
 
 
 def prune_idempotency_keys(session: Session, now: datetime | None = None) -> int:
@@ -448,10 +435,11 @@ def submit_score(
 ) -> Submission:
     """Add `increment` to the user's total in SQL, then update the cached board.
 
-    The SQL commit is the point of acceptance. If Redis fails after it, the
-    score stays recorded and the answer carries `rank: None`; the cache is
-    rebuilt from SQL later. With an `idempotency_key`, a repeat within 24 h
-    returns the first answer and adds nothing.
+    The SQL commit is the point of acceptance: the answer (new total and rank,
+    both from SQL) is decided in that transaction, and with an
+    `idempotency_key` it is stored there too, so a repeat within 24 h gets
+    exactly that answer and adds nothing. Redis is updated after the commit;
+    if that fails the score stays recorded and the cache is rebuilt later.
     """
     board = cache.board
     try:
@@ -462,20 +450,17 @@ def submit_score(
             session.rollback()
             if record is None:  # pruned between the claim and the read: claim again
                 return submit_score(session, cache, user_id, increment, idempotency_key)
-            return _replay(record, increment, cache)
+            return _replay(record, increment)
         standing = add_to_total(session, board, user_id, increment)
+        submission = Submission(user_id=user_id, total=standing.total, rank=top_rank(session, board, standing))
         if idempotency_key is not None:
-            session.execute(_idempotency_update(board, user_id, idempotency_key, total=standing.total))
+            session.execute(_idempotency_update(board, user_id, idempotency_key, response=submission.as_json()))
         session.commit()
     except BaseException:
         session.rollback()
         raise
 
-    rank = publish_standing(session, cache, standing)
-    submission = Submission(user_id=user_id, total=standing.total, rank=rank)
-    if idempotency_key is not None:
-        session.execute(_idempotency_update(board, user_id, idempotency_key, response=submission.as_json()))
-        session.commit()
+    publish_standing(session, cache, standing)
     return submission
 
 
@@ -487,20 +472,20 @@ def _idempotency_update(board: Board, user_id: str, key: str, **values: Any) -> 
     )
 
 
-def publish_standing(session: Session, cache: BoardCache, standing: Standing) -> int | None:
-    """Apply a committed standing to the cached board; returns the user's rank.
+def publish_standing(session: Session, cache: BoardCache, standing: Standing) -> bool:
+    """Apply a committed standing to the cached board; False if Redis failed.
 
     A board Redis has never seen (or lost) is rebuilt from SQL first. A Redis
-    failure is logged and answered with None: SQL already holds the score.
+    failure is logged, not raised: SQL already holds the score.
     """
     try:
         result = cache.apply([standing], mode="write", updated=standing)
         if result.status == "uninitialized":
-            result = rebuild_board(session, cache, updated=standing)
-        return result.rank
+            rebuild_board(session, cache, updated=standing)
+        return True
     except redis.RedisError as exc:
         log.warning("board %s not updated in Redis after commit: %s", cache.board.name, exc)
-        return None
+        return False
 
 
 def rebuild_board(session: Session, cache: BoardCache, updated: Standing | None = None) -> ApplyResult:
@@ -509,8 +494,7 @@ def rebuild_board(session: Session, cache: BoardCache, updated: Standing | None 
     Replace with one read of SQL, then merge a second read: a write whose
     script ran before the replace had committed before the second read, so
     the merge restores it; later writes apply their own script after ours.
-    `updated`, when a write triggered the rebuild, is named in the message
-    and ranked in the result.
+    `updated`, when a write triggered the rebuild, is named in the message.
     """
     cache.apply(top_standings(session, cache.board), mode="replace", updated=updated)
     result = cache.apply(top_standings(session, cache.board), mode="merge", updated=updated)

@@ -48,7 +48,7 @@ class IdempotencyKey(db.Model):  # type: ignore[name-defined,misc]
     user_id: Mapped[str] = mapped_column(UserId, primary_key=True)
     key: Mapped[str] = mapped_column(String(IDEMPOTENCY_KEY_MAX_LENGTH), primary_key=True)
     increment: Mapped[int] = mapped_column(BigInteger)
-    total: Mapped[int | None] = mapped_column(BigInteger)
-    # The response the first request sent; null until it is known.
+    # The answer the first request got, stored in the transaction that added
+    # the score; null only inside that transaction.
     response: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(), index=True)

@@ -130,7 +130,11 @@ class Settings:
             "SQLALCHEMY_DATABASE_URI": self.database_url,
             "SQLALCHEMY_ENGINE_OPTIONS": engine_options,
             "SQLALCHEMY_TRACK_MODIFICATIONS": False,
-            "MAX_CONTENT_LENGTH": self.max_content_length,
+            # One byte over the limit: werkzeug cuts a chunked body off at this
+            # length without an error, so reading one byte past our limit is
+            # how a body that fits is told from one that does not
+            # (app.scoring.schemas.read_body).
+            "MAX_CONTENT_LENGTH": self.max_content_length + 1,
             "JWT_SECRET_KEY": self.jwt_secret_key,
             "JWT_ALGORITHM": self.jwt_algorithm,
             "JWT_DECODE_ALGORITHMS": [self.jwt_algorithm],

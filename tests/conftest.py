@@ -58,7 +58,11 @@ def database_url() -> Iterator[str]:
     admin = psycopg2.connect(ADMIN_URL)
     admin.autocommit = True
     with admin.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
+        # A natural-language collation, as production databases usually have,
+        # so that the byte-wise user-id order is really put to the test.
+        cur.execute(
+            f"CREATE DATABASE \"{name}\" TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en-US' LOCALE 'C.UTF-8'"
+        )
     url = ADMIN_URL.rsplit("/", 1)[0] + "/" + name
     try:
         yield url

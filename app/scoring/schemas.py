@@ -12,8 +12,17 @@ import json
 from typing import Any
 
 from werkzeug.datastructures import Headers
+from werkzeug.wrappers import Request
 
-from app.errors import InvalidBody, InvalidHeader, InvalidScore, MalformedJSON, UnsupportedMediaType
+from app.errors import (
+    InvalidBody,
+    InvalidHeader,
+    InvalidScore,
+    MalformedJSON,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    body_too_large_message,
+)
 from app.models import IDEMPOTENCY_KEY_MAX_LENGTH
 
 ALLOWED_FIELDS = frozenset({"score"})
@@ -48,6 +57,18 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def _parse_int(literal: str) -> int | _Oversized:
     return _Oversized(literal) if len(literal) > _MAX_INT_DIGITS else int(literal)
+
+
+def read_body(request: Request, limit: int) -> bytes:
+    """The request body if it is at most `limit` bytes, chunked bodies included.
+
+    The app reads at most `limit + 1` bytes (see MAX_CONTENT_LENGTH in
+    config.settings); getting more than `limit` means the body is too large.
+    """
+    body = request.get_data(cache=False)
+    if len(body) > limit:
+        raise PayloadTooLarge(body_too_large_message(limit))
+    return body
 
 
 def parse_json(body: bytes) -> Any:

@@ -8,7 +8,7 @@ from flask_jwt_extended import jwt_required
 from app.auth import current_user_id
 from app.extensions import db
 from app.leaderboard import BoardCache, submit_score
-from app.scoring.schemas import check_content_type, parse_idempotency_key, parse_json, parse_score
+from app.scoring.schemas import check_content_type, parse_idempotency_key, parse_json, parse_score, read_body
 
 bp = Blueprint("scoring", __name__)
 
@@ -20,7 +20,8 @@ def post_score() -> Response:
     cache: BoardCache = current_app.extensions["leaderboard"]
     check_content_type(request.mimetype, request.mimetype_params.get("charset"))
     key = parse_idempotency_key(request.headers)
-    increment = parse_score(parse_json(request.get_data(cache=False)), cache.board.max_increment)
+    body = read_body(request, current_app.extensions["settings"].max_content_length)
+    increment = parse_score(parse_json(body), cache.board.max_increment)
     submission = submit_score(db.session(), cache, current_user_id(), increment, key)
     response = jsonify(submission.as_json())
     if submission.replayed:

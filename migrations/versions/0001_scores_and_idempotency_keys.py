@@ -41,7 +41,6 @@ def upgrade():
         sa.Column("user_id", _user_id(), nullable=False),
         sa.Column("key", sa.String(255), nullable=False),
         sa.Column("increment", sa.BigInteger(), nullable=False),
-        sa.Column("total", sa.BigInteger(), nullable=True),
         sa.Column("response", sa.JSON(), nullable=True),
         sa.Column("created_at", sa.DateTime(), nullable=False),
         sa.PrimaryKeyConstraint("board", "user_id", "key", name=op.f("pk_idempotency_keys")),

@@ -1,0 +1,243 @@
+"""The domain (app.leaderboard) against real PostgreSQL and Redis: order, N, staleness, rebuild."""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
+
+import pytest
+import redis
+from sqlalchemy import text
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
+
+from app.leaderboard import (
+    Board,
+    BoardCache,
+    Standing,
+    rank_query,
+    rebuild_board,
+    submit_score,
+    top_standings,
+)
+from tests.conftest import ChannelListener
+
+T0 = datetime(2026, 1, 1, 12, 0, 0)
+
+
+@pytest.fixture
+def make_cache(redis_conn: redis.Redis, board_name: str, base_env: dict[str, str]) -> Callable[[int], BoardCache]:
+    def build(top_n: int = 3) -> BoardCache:
+        board = Board(name=board_name, top_n=top_n, channel=base_env["REDIS_CHANNEL"], max_increment=1_000_000)
+        return BoardCache(redis_conn, board)
+
+    return build
+
+
+@pytest.fixture
+def session(engine: Engine) -> Iterator[Session]:
+    with Session(engine) as session:
+        yield session
+
+
+def insert_rows(engine: Engine, board: str, rows: list[tuple[str, int, datetime]]) -> None:
+    with engine.begin() as conn:
+        for user, total, reached in rows:
+            conn.execute(
+                text("INSERT INTO scores VALUES (:b, :u, :t, :r, 1)"), {"b": board, "u": user, "t": total, "r": reached}
+            )
+
+
+def sql_top(session: Session, cache: BoardCache) -> list[tuple[str, int]]:
+    rows = [(s.user_id, s.total) for s in top_standings(session, cache.board)]
+    session.rollback()
+    return rows
+
+
+# -- the tie order -----------------------------------------------------------
+
+
+def test_ties_go_to_who_reached_the_score_first_then_to_user_id(
+    engine: Engine, session: Session, make_cache: Callable[[int], BoardCache]
+) -> None:
+    cache = make_cache(10)
+    rows = [
+        ("zed", 100, T0),  # first to reach 100
+        ("amy", 100, T0 + timedelta(seconds=1)),
+        ("Bob", 100, T0 + timedelta(seconds=2)),  # same instant as "bob" and "béa"
+        ("bob", 100, T0 + timedelta(seconds=2)),
+        ("béa", 100, T0 + timedelta(seconds=2)),
+        ("top", 101, T0 + timedelta(days=1)),
+        ("low", 99, T0 - timedelta(days=1)),
+    ]
+    insert_rows(engine, cache.board.name, rows)
+    rebuild_board(session, cache)
+    # Byte order on the last tie: "B" (0x42) < "b" (0x62) < "bé" (0x62 0xc3): not a locale's order.
+    expected = [("top", 101), ("zed", 100), ("amy", 100), ("Bob", 100), ("bob", 100), ("béa", 100), ("low", 99)]
+    assert sql_top(session, cache) == expected
+    assert cache.entries() == expected
+    for rank, (user, _) in enumerate(expected, start=1):
+        assert cache.rank(user) == rank
+        standing = next(Standing(u, t, r) for u, t, r in rows if u == user)
+        assert session.execute(rank_query(cache.board, standing)).scalar_one() == rank
+
+
+def test_redis_applies_the_same_order_write_by_write(
+    engine: Engine, session: Session, make_cache: Callable[[int], BoardCache]
+) -> None:
+    """Merged one by one, in a shuffled order, standings land where SQL ranks them."""
+    cache = make_cache(5)
+    rng = random.Random(7)
+    rows = [(f"u{i:02d}", rng.choice([10, 20, 30]), T0 + timedelta(seconds=rng.randint(0, 3))) for i in range(30)]
+    insert_rows(engine, cache.board.name, rows)
+    rebuild_board(session, cache)
+    cache.redis.delete(cache.keys.top, cache.keys.members)
+    for user, total, reached in rng.sample(rows, len(rows)):
+        cache.apply([Standing(user, total, reached)], mode="merge")
+    assert cache.entries() == sql_top(session, cache)
+
+
+# -- the N boundary ----------------------------------------------------------
+
+
+def test_fewer_than_n_users_are_all_on_the_board(session: Session, make_cache: Callable[[int], BoardCache]) -> None:
+    cache = make_cache(3)
+    assert submit_score(session, cache, "a", 5).rank == 1
+    assert submit_score(session, cache, "b", 1).rank == 2
+    assert cache.entries() == [("a", 5), ("b", 1)]
+
+
+def test_exactly_n_then_one_more(
+    session: Session, make_cache: Callable[[int], BoardCache], channel: ChannelListener
+) -> None:
+    cache = make_cache(3)
+    for user, score in [("a", 30), ("b", 20), ("c", 10)]:
+        submit_score(session, cache, user, score)
+    assert cache.entries() == [("a", 30), ("b", 20), ("c", 10)]
+    published = len(channel.drain())
+
+    # N + 1: a smaller total stays off the board, and nothing is published.
+    outsider = submit_score(session, cache, "d", 5)
+    assert outsider.rank is None
+    assert outsider.total == 5
+    assert cache.entries() == [("a", 30), ("b", 20), ("c", 10)]
+    assert len(channel.drain(0.2)) == published
+
+    # A tie with the last entry loses: the last entry reached 10 first.
+    assert submit_score(session, cache, "d", 5).rank is None
+    assert cache.entries()[-1] == ("c", 10)
+
+    # Beating the smallest pushes it off, and its bookkeeping goes with it.
+    assert submit_score(session, cache, "d", 10).rank == 3
+    assert cache.entries() == [("a", 30), ("b", 20), ("d", 20)]
+    assert set(cache.redis.hkeys(cache.keys.members)) == {"a", "b", "d"}
+    assert channel.drain()[-1]["top"] == [["a", "30"], ["b", "20"], ["d", "20"]]
+    assert sql_top(session, cache) == cache.entries()
+
+
+# -- late, stale writes ------------------------------------------------------
+
+
+def test_a_delayed_smaller_total_cannot_overwrite_a_larger_one(
+    make_cache: Callable[[int], BoardCache], channel: ChannelListener
+) -> None:
+    cache = make_cache(3)
+    cache.apply([Standing("a", 1, T0)], mode="replace")
+    newer = Standing("alice", 50, T0 + timedelta(seconds=2))
+    older = Standing("alice", 40, T0 + timedelta(seconds=1))
+    assert cache.apply([newer], mode="write", updated=newer).status == "written"
+    version = cache.redis.get(cache.keys.version)
+    result = cache.apply([older], mode="write", updated=older)
+    assert result.status == "unchanged"
+    assert cache.entries() == [("alice", 50), ("a", 1)]
+    assert cache.redis.get(cache.keys.version) == version
+    assert [m["newScore"] for m in channel.drain() if m["updatedUser"] == "alice"] == [50]
+
+
+def test_a_stale_write_of_a_user_pushed_off_the_board_stays_off(make_cache: Callable[[int], BoardCache]) -> None:
+    cache = make_cache(2)
+    cache.apply([Standing("a", 100, T0), Standing("b", 90, T0)], mode="replace")
+    stale = Standing("c", 80, T0)
+    assert cache.apply([stale], mode="write", updated=stale).status == "unchanged"
+    assert cache.entries() == [("a", 100), ("b", 90)]
+
+
+def test_writes_wait_for_a_board_that_was_never_built(
+    engine: Engine, session: Session, make_cache: Callable[[int], BoardCache], channel: ChannelListener
+) -> None:
+    """A flushed (or new) Redis is rebuilt from SQL before the write lands."""
+    cache = make_cache(3)
+    insert_rows(engine, cache.board.name, [("old1", 500, T0), ("old2", 400, T0), ("old3", 300, T0)])
+    submission = submit_score(session, cache, "new", 450)
+    assert submission.rank == 2
+    assert cache.entries() == [("old1", 500), ("new", 450), ("old2", 400)]
+    message = channel.drain()[0]
+    assert message["updatedUser"] == "new"
+    assert message["newScore"] == 450
+    assert message["top"] == [["old1", "500"], ["new", "450"], ["old2", "400"]]
+
+
+def test_versions_only_go_up_even_after_redis_loses_everything(
+    session: Session, make_cache: Callable[[int], BoardCache]
+) -> None:
+    cache = make_cache(3)
+    submit_score(session, cache, "a", 1)
+    submit_score(session, cache, "a", 1)
+    before = int(cache.redis.get(cache.keys.version) or 0)
+    cache.redis.delete(*cache.keys.as_list())
+    submit_score(session, cache, "a", 1)
+    assert int(cache.redis.get(cache.keys.version) or 0) > before
+    assert cache.entries() == [("a", 3)]
+
+
+def test_rebuild_replaces_entries_sql_does_not_have(
+    engine: Engine, session: Session, make_cache: Callable[[int], BoardCache]
+) -> None:
+    cache = make_cache(3)
+    insert_rows(engine, cache.board.name, [("real", 10, T0)])
+    cache.apply([Standing("ghost", 999, T0)], mode="replace")
+    rebuild_board(session, cache)
+    assert cache.entries() == [("real", 10)]
+    assert cache.latest_message() is not None
+    assert cache.latest_message()["top"] == [["real", "10"]]
+
+
+# -- concurrency -------------------------------------------------------------
+
+
+def test_500_concurrent_submissions_for_20_users_lose_nothing(
+    engine: Engine, make_cache: Callable[[int], BoardCache]
+) -> None:
+    """Threads with their own sessions race on PostgreSQL rows and on the Redis script."""
+    cache = make_cache(10)
+    rng = random.Random(2026)
+    jobs = [(f"player{rng.randrange(20):02d}", rng.randint(1, 1000)) for _ in range(500)]
+    expected: dict[str, int] = {}
+    for user, score in jobs:
+        expected[user] = expected.get(user, 0) + score
+    barrier = threading.Barrier(25)
+    errors: list[BaseException] = []
+
+    def worker(chunk: list[tuple[str, int]]) -> None:
+        with Session(engine) as own:
+            barrier.wait()
+            for user, score in chunk:
+                try:
+                    submit_score(own, cache, user, score)
+                except BaseException as exc:  # pragma: no cover - reported below
+                    errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(jobs[i::25],)) for i in range(25)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    with engine.connect() as conn:
+        totals = dict(conn.execute(text("SELECT user_id, total FROM scores")).all())
+    assert totals == expected
+    with Session(engine) as check:
+        assert cache.entries() == sql_top(check, cache)
+    assert len(cache.entries()) == 10
