@@ -15,7 +15,7 @@ from sqlalchemy import event
 from app import auth, cli, errors, health
 from app.extensions import db, init_redis, migrate, use_sqlite_wal
 from app.leaderboard import Board, BoardCache
-from config.settings import PROJECT_ROOT, Settings
+from config.settings import INSTANCE_DIR, PROJECT_ROOT, Settings
 
 MIGRATIONS_DIR = PROJECT_ROOT / "migrations"
 
@@ -37,7 +37,7 @@ def create_board_app(settings: Settings | None = None) -> Flask:
 
 def _build_app(name: str, settings: Settings | None) -> Flask:
     settings = settings or Settings.from_env()
-    app = Flask(name, instance_path=str(PROJECT_ROOT / "instance"))
+    app = Flask(name, instance_path=str(INSTANCE_DIR))
     app.config.from_mapping(settings.flask_config())
     app.json.sort_keys = False  # type: ignore[attr-defined]  # keep documented field order
     app.extensions["settings"] = settings

@@ -11,6 +11,7 @@ from datetime import timedelta
 
 import click
 from flask import Flask, current_app
+from flask.cli import with_appcontext
 
 from app.auth import mint_token
 from app.extensions import db
@@ -35,6 +36,7 @@ def register(app: Flask) -> None:
 
 
 @click.command("token")
+@with_appcontext
 @click.argument("user_id")
 @click.option("--expires", default="1h", show_default=True, help="Lifetime: 30s, 15m, 1h, 7d.")
 def token_command(user_id: str, expires: str) -> None:
@@ -48,6 +50,7 @@ def token_command(user_id: str, expires: str) -> None:
 
 
 @click.command("rebuild")
+@with_appcontext
 def rebuild_command() -> None:
     """Rebuild the board's Redis cache from SQL and publish it."""
     cache: BoardCache = current_app.extensions["leaderboard"]
@@ -56,6 +59,7 @@ def rebuild_command() -> None:
 
 
 @click.command("prune-idempotency-keys")
+@with_appcontext
 def prune_command() -> None:
     """Delete Idempotency-Keys older than the 24 h replay window."""
     click.echo(f"deleted {prune_idempotency_keys(db.session())} expired idempotency keys")

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_SQLITE_PATH = PROJECT_ROOT / "instance" / "leaderboard.db"
+# Flask-SQLAlchemy puts relative SQLite paths under the app's instance folder.
+INSTANCE_DIR = PROJECT_ROOT / "instance"
 
 # Used when JWT_SECRET_KEY is unset outside production, so `make run` works
 # with no configuration. Production refuses it (see `_check_production`).
@@ -30,6 +31,29 @@ ENVIRONMENTS = ("development", "testing", "production")
 _BOARD_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
+# Every variable `Settings.from_env` reads; the README's table and
+# .env.example list exactly these (tests/config/test_settings.py checks).
+VARIABLES = (
+    "APP_ENV",
+    "DATABASE_URL",
+    "REDIS_URL",
+    "LEADERBOARD_ID",
+    "REDIS_CHANNEL",
+    "TOP_N",
+    "SCORE_MAX_INCREMENT",
+    "MAX_CONTENT_LENGTH",
+    "JWT_SECRET_KEY",
+    "JWT_ALGORITHM",
+    "JWT_PUBLIC_KEY",
+    "JWT_ISSUER",
+    "JWT_AUDIENCE",
+    "DB_POOL_SIZE",
+    "DB_TIMEOUT_SECONDS",
+    "REDIS_TIMEOUT_SECONDS",
+    "LOG_LEVEL",
+)
+
+
 class ConfigError(RuntimeError):
     """A setting is missing or invalid; the message names the variable."""
 
@@ -39,7 +63,7 @@ class Settings:
     """Every setting of both services, with the defaults `make run` needs."""
 
     env: str = "development"
-    database_url: str = f"sqlite:///{DEFAULT_SQLITE_PATH}"
+    database_url: str = "sqlite:///leaderboard.db"
     redis_url: str = "redis://127.0.0.1:6379/0"
     leaderboard_id: str = "default"
     redis_channel: str = "leaderboard:updated"

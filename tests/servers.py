@@ -12,7 +12,16 @@ from pathlib import Path
 
 import requests
 
+from config.settings import VARIABLES
+
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def service_env(overrides: dict[str, str]) -> dict[str, str]:
+    """The environment for a child process: ours, minus any leaderboard settings
+    (and .env) of the developer's shell, plus `overrides`."""
+    inherited = {k: v for k, v in os.environ.items() if k not in VARIABLES}
+    return {**inherited, "FLASK_SKIP_DOTENV": "1", **overrides}
 
 
 def free_port() -> int:
@@ -42,7 +51,7 @@ class GunicornServer:
             "--bind", f"127.0.0.1:{self.port}", "--workers", str(self.workers),
             "--access-logfile", "/dev/null", *self.extra_args, f"{self.wsgi_module}:app",
         ]  # fmt: skip
-        env = {**os.environ, **self.env}
+        env = service_env(self.env)
         self.process = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

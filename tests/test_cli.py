@@ -1,0 +1,72 @@
+"""The flask commands: token, rebuild, prune-idempotency-keys."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from datetime import UTC, datetime
+
+import jwt as pyjwt
+import redis
+from flask import Flask
+from sqlalchemy import text
+from sqlalchemy.engine import Engine
+
+from tests.conftest import JWT_SECRET, auth
+from tests.servers import ROOT, service_env
+
+
+def test_token_mints_a_token_the_service_accepts(app: Flask) -> None:
+    result = app.test_cli_runner().invoke(args=["token", "alice", "--expires", "15m"])
+    assert result.exit_code == 0, result.output
+    token = result.output.strip()
+    claims = pyjwt.decode(token, JWT_SECRET, algorithms=["HS256"])
+    assert claims["sub"] == "alice"
+    assert 14 * 60 < claims["exp"] - datetime.now(UTC).timestamp() <= 15 * 60
+    response = app.test_client().post("/score", json={"score": 3}, headers={"Authorization": f"Bearer {token}"})
+    assert response.get_json()["userId"] == "alice"
+
+
+def test_token_command_runs_from_the_shell_as_the_readme_says(base_env: dict[str, str]) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "wsgi_increment", "token", "bob", "--expires", "1h"],
+        cwd=ROOT,
+        env=service_env(base_env),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert pyjwt.decode(result.stdout.strip(), JWT_SECRET, algorithms=["HS256"])["sub"] == "bob"
+
+
+def test_token_refuses_bad_arguments(app: Flask) -> None:
+    runner = app.test_cli_runner()
+    for args in (["token", "alice", "--expires", "soon"], ["token", "alice", "--expires", "0"], ["token", "a b"]):
+        result = runner.invoke(args=args)
+        assert result.exit_code != 0
+        assert "Error" in result.output
+
+
+def test_rebuild_restores_the_board_from_sql(app: Flask, redis_conn: redis.Redis) -> None:
+    client = app.test_client()
+    for user, score in [("a", 3), ("b", 2), ("c", 1)]:
+        client.post("/score", json={"score": score}, headers=auth(user))
+    cache = app.extensions["leaderboard"]
+    expected = cache.entries()
+    redis_conn.flushdb()  # this run's own Redis database
+    result = app.test_cli_runner().invoke(args=["rebuild"])
+    assert result.exit_code == 0, result.output
+    assert "3 entries" in result.output
+    assert cache.entries() == expected == [("a", 3), ("b", 2), ("c", 1)]
+
+
+def test_prune_deletes_only_expired_keys(app: Flask, engine: Engine) -> None:
+    client = app.test_client()
+    client.post("/score", json={"score": 1}, headers=auth() | {"Idempotency-Key": "old"})
+    client.post("/score", json={"score": 1}, headers=auth() | {"Idempotency-Key": "new"})
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE idempotency_keys SET created_at = created_at - interval '2 days' WHERE key = 'old'"))
+    result = app.test_cli_runner().invoke(args=["prune-idempotency-keys"])
+    assert "deleted 1 " in result.output
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT key FROM idempotency_keys")).scalars().all() == ["new"]
