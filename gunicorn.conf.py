@@ -9,6 +9,7 @@ with the reason.
 """
 
 import multiprocessing
+import signal
 
 # Cooperative greenlets: one worker holds thousands of open SSE streams and
 # overlaps many database and Redis round trips. The worker monkey-patches the
@@ -20,9 +21,11 @@ worker_class = "gevent"
 # One process per core; greenlets provide the concurrency inside each.
 workers = multiprocessing.cpu_count()
 
-# Concurrent connections per worker, SSE viewers included. Keep
-# workers * worker_connections under the process file limit (ulimit -n).
-worker_connections = 4000
+# Concurrent connections per worker, SSE viewers included: room for
+# SSE_MAX_VIEWERS (10,000) plus REST requests and the short answers to
+# viewers over that cap. Every connection is a file descriptor, so the
+# worker's `ulimit -n` must be above this.
+worker_connections = 12000
 
 # Seconds a worker may go silent before the master restarts it. The gevent
 # worker notifies the master from its own greenlet, so long SSE streams do not
@@ -49,12 +52,33 @@ errorlog = "-"
 
 
 def post_worker_init(worker):
-    """Make psycopg2 yield to the gevent hub while it waits on PostgreSQL.
-
-    Without this, every query blocks the whole worker, SSE streams included.
-    It runs after the worker's monkey-patch and before the first request.
-    """
+    """Runs in each worker after its monkey-patch and app load, before the first request."""
     if "gevent" in worker.cfg.worker_class_str:
+        # psycopg2 must yield to the gevent hub while it waits on PostgreSQL;
+        # without this every query blocks the whole worker, SSE streams included.
         from psycogreen.gevent import patch_psycopg
 
         patch_psycopg()
+    _drain_streams_on_sigterm(worker)
+
+
+def _drain_streams_on_sigterm(worker):
+    """SSE streams never end by themselves, so a plain SIGTERM would wait out
+    graceful_timeout and then cut them. Instead, tell the board's streams to
+    end with a retry hint (browsers reconnect to another worker) and let the
+    worker exit as soon as they have."""
+    hub = getattr(worker.wsgi, "extensions", {}).get("board_hub")
+    if hub is None:
+        return
+    stop_worker = worker.handle_exit
+
+    def handle_exit(sig, frame):
+        stop_worker(sig, frame)
+        # Close connections when their response ends instead of waiting
+        # `keepalive` seconds for another request that this worker won't take.
+        worker.cfg.set("keepalive", 0)
+        import gevent
+
+        gevent.spawn(hub.drain)  # out of the signal handler, as gunicorn does
+
+    signal.signal(signal.SIGTERM, handle_exit)

@@ -31,7 +31,10 @@ def create_increment_app(settings: Settings | None = None) -> Flask:
 
 def create_board_app(settings: Settings | None = None) -> Flask:
     """The View Board Service: the live board, snapshots and ranks."""
+    from app.board import init_board
+
     app = _build_app("board", settings)
+    init_board(app, app.extensions["settings"], app.extensions["leaderboard"])
     return app
 
 
@@ -51,7 +54,7 @@ def _build_app(name: str, settings: Settings | None) -> Flask:
             event.listen(db.engine, "connect", use_sqlite_wal)
     migrate.init_app(app, db, directory=str(MIGRATIONS_DIR))
     auth.init_auth(app)
-    client = init_redis(app.extensions, settings.redis_url, settings.redis_timeout_seconds)
+    client = init_redis(app.extensions, settings.redis_url, settings.redis_timeout_seconds, name)
     board = Board(
         name=settings.leaderboard_id,
         top_n=settings.top_n,

@@ -6,6 +6,7 @@ and kept in `app.extensions["redis"]`; `redis_client()` fetches it.
 
 from __future__ import annotations
 
+import os
 from typing import Any, cast
 
 import redis
@@ -35,14 +36,18 @@ migrate = Migrate()
 jwt = JWTManager()
 
 
-def init_redis(app_extensions: dict[str, object], url: str, timeout: float) -> redis.Redis:
-    """Create the app's Redis client; connections are opened lazily from its pool."""
+def init_redis(app_extensions: dict[str, object], url: str, timeout: float, name: str) -> redis.Redis:
+    """Create the app's Redis client; connections are opened lazily from its pool.
+
+    Every connection is named `<name>-<pid>` (CLIENT LIST shows who holds what).
+    """
     client = redis.Redis.from_url(
         url,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
         health_check_interval=30,
         decode_responses=True,
+        client_name=f"{name}-{os.getpid()}",
     )
     app_extensions["redis"] = client
     return client

@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import redis
-from sqlalchemy import ColumnElement, DateTime, Row, Select, and_, func, or_, select, update
+from sqlalchemy import ColumnElement, DateTime, Row, Select, and_, func, or_, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session
@@ -268,9 +268,13 @@ class BoardCache:
         rows = cast(list[tuple[str, float]], self.redis.zrange(self.keys.top, 0, -1, withscores=True))
         return [(member.split(":", 1)[1], -int(score)) for member, score in rows]
 
+    def latest_raw(self) -> str | None:
+        """The last message published for the board, as published; None if never built."""
+        return cast(str | None, self.redis.get(self.keys.latest))
+
     def latest_message(self) -> dict[str, Any] | None:
-        """The last message published for the board, or None if never built."""
-        raw = cast(str | None, self.redis.get(self.keys.latest))
+        """The last message published for the board, parsed."""
+        raw = self.latest_raw()
         return None if raw is None else cast(dict[str, Any], json.loads(raw))
 
 
@@ -364,8 +368,34 @@ def ranked_ahead(board: Board, standing: Standing) -> ColumnElement[bool]:
 
 
 def rank_query(board: Board, standing: Standing) -> Select[Any]:
-    """The exact 1-based rank of `standing` among all rows of the board."""
-    return select(func.count() + 1).select_from(Score).where(ranked_ahead(board, standing))
+    """The exact 1-based rank of `standing` among all rows of the board.
+
+    Two counts, each one range of the `ix_scores_rank` index: higher totals,
+    then equal totals reached earlier (or at the same instant by a smaller id).
+    """
+    on_board = Score.board == board.name
+    higher = select(func.count()).select_from(Score).where(on_board, Score.total > standing.total)
+    tied_ahead = (
+        select(func.count())
+        .select_from(Score)
+        .where(
+            on_board,
+            Score.total == standing.total,
+            tuple_(Score.reached_at, Score.user_id) < tuple_(standing.reached_at, standing.user_id),
+        )
+    )
+    return select(higher.scalar_subquery() + tied_ahead.scalar_subquery() + 1)
+
+
+def user_standing(session: Session, board: Board, user_id: str) -> tuple[Standing, int] | None:
+    """The user's standing and exact rank from SQL, or None if they never scored."""
+    row = session.execute(
+        select(Score.total, Score.reached_at).where(Score.board == board.name, Score.user_id == user_id)
+    ).one_or_none()
+    if row is None:
+        return None
+    standing = Standing(user_id=user_id, total=row.total, reached_at=row.reached_at)
+    return standing, int(session.execute(rank_query(board, standing)).scalar_one())
 
 
 def top_rank(session: Session, board: Board, standing: Standing) -> int | None:

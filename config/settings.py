@@ -51,6 +51,13 @@ VARIABLES = (
     "DB_TIMEOUT_SECONDS",
     "REDIS_TIMEOUT_SECONDS",
     "LOG_LEVEL",
+    "SSE_RETRY_MS",
+    "SSE_HEARTBEAT_SECONDS",
+    "SSE_COALESCE_MS",
+    "SSE_WRITE_TIMEOUT_SECONDS",
+    "SSE_MAX_VIEWERS",
+    "BOARD_REQUIRE_AUTH",
+    "BOARD_CORS_ORIGINS",
 )
 
 
@@ -79,6 +86,13 @@ class Settings:
     db_timeout_seconds: float = 5.0
     redis_timeout_seconds: float = 2.0
     log_level: str = "INFO"
+    sse_retry_ms: int = 2000
+    sse_heartbeat_seconds: float = 15.0
+    sse_coalesce_ms: int = 100
+    sse_write_timeout_seconds: float = 10.0
+    sse_max_viewers: int = 10_000
+    board_require_auth: bool = False
+    board_cors_origins: tuple[str, ...] = ()
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -107,6 +121,15 @@ class Settings:
             db_timeout_seconds=reader.number("DB_TIMEOUT_SECONDS", cls.db_timeout_seconds, low=0.1, high=300),
             redis_timeout_seconds=reader.number("REDIS_TIMEOUT_SECONDS", cls.redis_timeout_seconds, low=0.1, high=300),
             log_level=reader.choice("LOG_LEVEL", cls.log_level, ("DEBUG", "INFO", "WARNING", "ERROR")),
+            sse_retry_ms=reader.integer("SSE_RETRY_MS", cls.sse_retry_ms, low=100, high=600_000),
+            sse_heartbeat_seconds=reader.number("SSE_HEARTBEAT_SECONDS", cls.sse_heartbeat_seconds, low=0.05, high=15),
+            sse_coalesce_ms=reader.integer("SSE_COALESCE_MS", cls.sse_coalesce_ms, low=0, high=10_000),
+            sse_write_timeout_seconds=reader.number(
+                "SSE_WRITE_TIMEOUT_SECONDS", cls.sse_write_timeout_seconds, low=0.1, high=300
+            ),
+            sse_max_viewers=reader.integer("SSE_MAX_VIEWERS", cls.sse_max_viewers, low=0, high=100_000),
+            board_require_auth=reader.boolean("BOARD_REQUIRE_AUTH", cls.board_require_auth),
+            board_cors_origins=reader.words("BOARD_CORS_ORIGINS"),
         )
         settings.check()
         return settings
@@ -223,6 +246,19 @@ class _Reader:
         if not low <= value <= high:
             raise ConfigError(f"{name}={value} must be between {low} and {high}")
         return value
+
+    def boolean(self, name: str, default: bool) -> bool:
+        raw = self.optional(name)
+        if raw is None:
+            return default
+        value = raw.lower()
+        if value not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            raise ConfigError(f"{name}={raw!r} is not true or false")
+        return value in ("1", "true", "yes", "on")
+
+    def words(self, name: str) -> tuple[str, ...]:
+        """A comma- or space-separated list."""
+        return tuple(word for word in re.split(r"[,\s]+", self.optional(name) or "") if word)
 
     def number(self, name: str, default: float, *, low: float, high: float) -> float:
         raw = self.optional(name)

@@ -1,0 +1,45 @@
+"""The View Board Service's blueprint and the worker's BoardHub."""
+
+from __future__ import annotations
+
+from flask import Flask
+from flask_cors import CORS
+
+from app.board.hub import BoardHub
+from app.extensions import db
+from app.leaderboard import BoardCache, rebuild_board
+from config.settings import Settings
+
+
+def init_board(app: Flask, settings: Settings, cache: BoardCache) -> None:
+    """Give the app its BoardHub (started on first use) and the board settings."""
+    from app.board.views import bp
+
+    def load_latest() -> str | None:
+        # Never built, or lost with a Redis restart: rebuild from SQL first.
+        raw = cache.latest_raw()
+        if raw is None:
+            with app.app_context():
+                try:
+                    rebuild_board(db.session(), cache)
+                finally:
+                    db.session.remove()
+            raw = cache.latest_raw()
+        return raw
+
+    app.extensions["board_hub"] = BoardHub(
+        cache.redis, cache.board.channel, load_latest, max_viewers=settings.sse_max_viewers
+    )
+    # EventSource cannot send headers, so with BOARD_REQUIRE_AUTH the token
+    # may also come in a cookie.
+    app.config["JWT_TOKEN_LOCATION"] = ["headers", "cookies"]
+    if settings.board_cors_origins:
+        any_origin = settings.board_cors_origins == ("*",)
+        CORS(
+            app,
+            resources={r"/(events|leaderboard.*)": {}},
+            origins="*" if any_origin else list(settings.board_cors_origins),
+            supports_credentials=not any_origin,
+            expose_headers=["ETag"],
+        )
+    app.register_blueprint(bp)

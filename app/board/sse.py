@@ -1,0 +1,122 @@
+"""One viewer's Server-Sent Events stream.
+
+`stream_board` is a plain generator over plain arguments: it holds no request
+context and no database connection while it runs, and it always leaves the
+hub in `finally`, however the stream ends (client gone, write timeout, drain).
+
+A viewer that closes its connection is noticed at once, not at the next
+write: while the stream runs, the socket is watched for readability (an SSE
+client sends nothing after its request, so readable means gone), and the
+stream's greenlet is ended with ClientGone.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import gevent
+
+from app.board.hub import BoardHub
+
+HEARTBEAT = b": ping\n\n"
+
+
+@dataclass(frozen=True)
+class StreamOptions:
+    """The per-stream knobs, from settings."""
+
+    retry_ms: int
+    heartbeat_seconds: float
+    coalesce_seconds: float
+
+
+def retry_hint(ms: int) -> bytes:
+    return f"retry: {ms}\n\n".encode()
+
+
+def come_back_later(options: StreamOptions) -> bytes:
+    """A retry hint that spreads reconnects over a few seconds (cap reached, or draining)."""
+    return retry_hint(options.retry_ms + random.randint(1000, 5000))
+
+
+def parse_last_event_id(value: str | None) -> int | None:
+    if value is None or not value.strip().isdigit():
+        return None
+    return int(value.strip())
+
+
+class ClientGone(gevent.GreenletExit):  # type: ignore[misc]
+    """The viewer closed its connection (a GreenletExit: gunicorn ends the request quietly)."""
+
+
+@contextmanager
+def ended_when_client_leaves(client: socket.socket | None) -> Iterator[None]:
+    """End the current greenlet with ClientGone as soon as `client` becomes readable."""
+    if client is None:  # not under gunicorn: nothing to watch
+        yield
+        return
+    viewer = gevent.getcurrent()
+    watcher = gevent.get_hub().loop.io(client.fileno(), 1)  # 1: readable
+
+    def client_left() -> None:
+        watcher.stop()
+        if isinstance(viewer, gevent.Greenlet):
+            viewer.kill(ClientGone, block=False)
+        else:
+            gevent.get_hub().loop.run_callback(viewer.throw, ClientGone)
+
+    watcher.start(client_left)
+    try:
+        yield
+    finally:
+        watcher.stop()
+        watcher.close()
+
+
+def stream_board(
+    hub: BoardHub, options: StreamOptions, last_event_id: int | None, client: socket.socket | None = None
+) -> Iterator[bytes]:
+    """The frames one viewer receives, newest board first, until it goes away.
+
+    Sends the current board at once (unless `last_event_id` is already the
+    current version), then every newer board, at most one frame per
+    `coalesce_seconds`, with a heartbeat comment whenever nothing else was
+    sent for `heartbeat_seconds`. Versions only go up.
+    """
+    if not hub.join():
+        yield come_back_later(options)
+        return
+    try:
+        with ended_when_client_leaves(client):
+            yield from _frames(hub, options, last_event_id)
+    finally:
+        hub.leave()
+
+
+def _frames(hub: BoardHub, options: StreamOptions, last_event_id: int | None) -> Iterator[bytes]:
+    current = hub.latest
+    sent = last_event_id if current is not None and last_event_id == current.version else 0
+    yield retry_hint(options.retry_ms)
+    last_sent = 0.0
+    next_heartbeat = time.monotonic() + options.heartbeat_seconds
+    while not hub.draining:
+        frame = hub.latest
+        now = time.monotonic()
+        if frame is not None and frame.version > sent:
+            if now < last_sent + options.coalesce_seconds:
+                hub.wait_for_change(last_sent + options.coalesce_seconds - now)
+                continue
+            yield frame.sse
+            sent, last_sent = frame.version, time.monotonic()
+            next_heartbeat = last_sent + options.heartbeat_seconds
+        elif now >= next_heartbeat:
+            yield HEARTBEAT
+            next_heartbeat = time.monotonic() + options.heartbeat_seconds
+        else:
+            hub.wait_for_change(next_heartbeat - now)
+    yield come_back_later(options)

@@ -1,0 +1,122 @@
+"""The View Board Service: the live stream, the snapshot and a user's rank."""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+
+import greenlet
+import redis
+from flask import Blueprint, Response, current_app, jsonify, request
+from flask_jwt_extended import verify_jwt_in_request
+from sqlalchemy.exc import SQLAlchemyError
+
+from app.auth import is_valid_user_id
+from app.board.hub import BoardHub, Frame
+from app.board.sse import StreamOptions, parse_last_event_id, stream_board
+from app.errors import NotFound, ServiceUnavailable
+from app.extensions import db
+from app.leaderboard import BoardCache, user_standing
+
+bp = Blueprint("board", __name__)
+
+SSE_HEADERS = {
+    "Cache-Control": "no-cache",
+    # nginx and similar proxies: pass each frame on at once.
+    "X-Accel-Buffering": "no",
+}
+
+
+def board_hub() -> BoardHub:
+    hub: BoardHub = current_app.extensions["board_hub"]
+    hub.start()
+    return hub
+
+
+@bp.before_request
+def require_token_when_configured() -> None:
+    if current_app.extensions["settings"].board_require_auth and request.endpoint not in (None, "board.page"):
+        verify_jwt_in_request()
+
+
+@bp.get("/events")
+def events() -> Response:
+    """The live board as Server-Sent Events."""
+    settings = current_app.extensions["settings"]
+    hub = board_hub()
+    # A new viewer gets the board at once, even before the listener's first
+    # read; with Redis down it streams anyway (heartbeats now, the board later).
+    with contextlib.suppress(redis.RedisError, SQLAlchemyError):
+        hub.current()
+    socket = request.environ.get("gunicorn.socket")
+    if socket is not None:
+        # A viewer that stops reading blocks only its own greenlet, and only
+        # this long: then the write fails and the stream is dropped.
+        socket.settimeout(settings.sse_write_timeout_seconds)
+    options = StreamOptions(
+        retry_ms=settings.sse_retry_ms,
+        heartbeat_seconds=settings.sse_heartbeat_seconds,
+        coalesce_seconds=settings.sse_coalesce_ms / 1000,
+    )
+    last_event_id = parse_last_event_id(request.headers.get("Last-Event-ID"))
+    stream = stream_board(hub, options, last_event_id, client=socket)
+    response = Response(stream, mimetype="text/event-stream", headers=SSE_HEADERS)
+    response.direct_passthrough = True
+    return response
+
+
+@bp.get("/leaderboard")
+def leaderboard() -> Response:
+    """The current board: version and the top N with rank, user and score."""
+    frame = _current_frame()
+    etag = f'"{frame.version}"'
+    if request.headers.get("If-None-Match") == etag:
+        return Response(status=304, headers={"ETag": etag})
+    return Response(frame.snapshot, mimetype="application/json", headers={"ETag": etag, "Cache-Control": "no-cache"})
+
+
+@bp.get("/leaderboard/users/<path:user_id>")
+def user_rank(user_id: str) -> Response:
+    """A user's total and exact rank among everyone on the board (from SQL)."""
+    cache: BoardCache = current_app.extensions["leaderboard"]
+    standing = user_standing(db.session(), cache.board, user_id) if is_valid_user_id(user_id) else None
+    db.session.rollback()
+    if standing is None:
+        raise UserNotFound(f"No scores for user {user_id!r}.")
+    user, rank = standing
+    return jsonify({"userId": user.user_id, "score": user.total, "rank": rank})
+
+
+@bp.get("/stats")
+def stats() -> Response:
+    """This worker's numbers: viewers, frames, reconnects (`?greenlets=1` counts greenlets too)."""
+    hub: BoardHub = current_app.extensions["board_hub"]
+    body: dict[str, object] = {
+        "pid": os.getpid(),
+        "viewers": hub.viewers,
+        "connected": hub.connected,
+        "draining": hub.draining,
+        "version": hub.latest.version if hub.latest else None,
+        **hub.stats,
+    }
+    if request.args.get("greenlets") == "1":
+        body["greenlets"] = count_greenlets()
+    return jsonify(body)
+
+
+def count_greenlets() -> int:
+    """Live greenlets in this process; walks the heap, so only on request."""
+    gc.collect()
+    return sum(1 for obj in gc.get_objects() if isinstance(obj, greenlet.greenlet) and not obj.dead)
+
+
+class UserNotFound(NotFound):
+    code = "user_not_found"
+
+
+def _current_frame() -> Frame:
+    frame = board_hub().current()
+    if frame is None:
+        raise ServiceUnavailable("The board is not available yet; try again shortly.", headers={"Retry-After": "1"})
+    return frame
