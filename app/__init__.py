@@ -10,11 +10,13 @@ import logging
 from pathlib import Path
 
 from flask import Flask
+from gevent import monkey
 from sqlalchemy import event
 
 from app import auth, cli, errors, health
 from app.extensions import db, init_redis, migrate, use_sqlite_wal
 from app.leaderboard import Board, BoardCache
+from app.ranks import RankIndexKeeper
 from config.settings import INSTANCE_DIR, PROJECT_ROOT, Settings
 
 MIGRATIONS_DIR = PROJECT_ROOT / "migrations"
@@ -62,11 +64,28 @@ def _build_app(name: str, settings: Settings | None) -> Flask:
         max_increment=settings.score_max_increment,
     )
     app.extensions["leaderboard"] = BoardCache(client, board)
+    _keep_rank_index(app, board.name)
 
     errors.register_error_handlers(app)
     app.register_blueprint(health.bp)
     cli.register(app)
     return app
+
+
+def _keep_rank_index(app: Flask, board: str) -> None:
+    """Compact the rank index in the background, in every gevent worker of either service.
+
+    Started with the first request, in the worker (gunicorn forks first), and
+    only under gevent: in a plain process nothing would ever run the greenlet.
+    """
+    with app.app_context():
+        keeper = RankIndexKeeper(db.engine, board)
+    app.extensions["rank_keeper"] = keeper
+
+    @app.before_request
+    def start_background_work() -> None:
+        if monkey.is_module_patched("socket"):
+            keeper.start()
 
 
 def _configure_logging(level: str) -> None:

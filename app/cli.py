@@ -16,6 +16,7 @@ from flask.cli import with_appcontext
 from app.auth import mint_token
 from app.extensions import db
 from app.leaderboard import BoardCache, prune_idempotency_keys, rebuild_board
+from app.ranks import compact_rank_index
 
 _DURATION = re.compile(r"^(\d+)([smhd]?)$")
 _UNITS = {"": "seconds", "s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
@@ -33,6 +34,7 @@ def register(app: Flask) -> None:
     app.cli.add_command(token_command)
     app.cli.add_command(rebuild_command)
     app.cli.add_command(prune_command)
+    app.cli.add_command(compact_ranks_command)
 
 
 @click.command("token")
@@ -56,6 +58,18 @@ def rebuild_command() -> None:
     cache: BoardCache = current_app.extensions["leaderboard"]
     result = rebuild_board(db.session(), cache)
     click.echo(f"rebuilt board {cache.board.name!r}: {len(cache.entries())} entries, version {result.version}")
+
+
+@click.command("compact-ranks")
+@with_appcontext
+def compact_ranks_command() -> None:
+    """Fold pending rank changes into the rank index now (the services also do it by themselves)."""
+    board = current_app.extensions["leaderboard"].board.name
+    result = compact_rank_index(db.engine, board)
+    if result is None:
+        click.echo("another process is compacting the rank index right now")
+    else:
+        click.echo(f"rank index of {board!r}: folded {result.folded} changes into {result.buckets} buckets")
 
 
 @click.command("prune-idempotency-keys")

@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import redis
-from sqlalchemy import ColumnElement, DateTime, Row, Select, and_, func, or_, select, tuple_, update
+from sqlalchemy import DateTime, Row, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session
@@ -25,6 +25,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
 
 from app.models import IdempotencyKey, Score
+from app.ranks import exact_rank
 from config.settings import MAX_SAFE_TOTAL
 
 log = logging.getLogger(__name__)
@@ -42,9 +43,10 @@ IDEMPOTENCY_TTL = timedelta(hours=24)
 REACHED_WIDTH = 17
 
 # The one ranking order: score descending, then whoever reached that score
-# first, then userId ascending (byte-wise). The Redis side encodes the same
-# order in its members; see APPLY_SCRIPT.
-RANK_ORDER = (Score.total.desc(), Score.reached_at.asc(), Score.user_id.asc())
+# first, then userId ascending (byte-wise). In SQL it is the order of
+# `scores.rank_key`, a column the database computes (see app.models.Score);
+# the Redis side encodes the same order in its members (see APPLY_SCRIPT).
+RANK_ORDER = (Score.rank_key.asc(),)
 
 
 class TotalLimitExceeded(Exception):
@@ -100,6 +102,7 @@ class Standing:
     user_id: str
     total: int
     reached_at: datetime
+    rank_key: str | None = None  # set when read from SQL
 
     @property
     def reached_us(self) -> int:
@@ -333,69 +336,33 @@ def add_to_total(session: Session, board: Board, user_id: str, increment: int) -
         index_elements=[table.c.board, table.c.user_id],
         set_={"total": table.c.total + stmt.excluded.total, "reached_at": db_now(), "version": table.c.version + 1},
         where=table.c.total + stmt.excluded.total <= board.max_total,
-    ).returning(table.c.total, table.c.reached_at)
+    ).returning(table.c.total, table.c.reached_at, table.c.rank_key)
     row = session.execute(stmt).one_or_none()
     if row is None:
         raise TotalLimitExceeded
-    return Standing(user_id=user_id, total=row.total, reached_at=row.reached_at)
+    return Standing(user_id=user_id, total=row.total, reached_at=row.reached_at, rank_key=row.rank_key)
 
 
 def top_standings(session: Session, board: Board) -> list[Standing]:
     """The board's top N from SQL, in RANK_ORDER."""
     rows = session.execute(
-        select(Score.user_id, Score.total, Score.reached_at)
+        select(Score.user_id, Score.total, Score.reached_at, Score.rank_key)
         .where(Score.board == board.name)
         .order_by(*RANK_ORDER)
         .limit(board.top_n)
     )
-    return [Standing(user_id=r.user_id, total=r.total, reached_at=r.reached_at) for r in rows]
-
-
-def ranked_ahead(board: Board, standing: Standing) -> ColumnElement[bool]:
-    """Rows that rank ahead of `standing` in RANK_ORDER."""
-    return and_(
-        Score.board == board.name,
-        or_(
-            Score.total > standing.total,
-            and_(Score.total == standing.total, Score.reached_at < standing.reached_at),
-            and_(
-                Score.total == standing.total,
-                Score.reached_at == standing.reached_at,
-                Score.user_id < standing.user_id,
-            ),
-        ),
-    )
-
-
-def rank_query(board: Board, standing: Standing) -> Select[Any]:
-    """The exact 1-based rank of `standing` among all rows of the board.
-
-    Two counts, each one range of the `ix_scores_rank` index: higher totals,
-    then equal totals reached earlier (or at the same instant by a smaller id).
-    """
-    on_board = Score.board == board.name
-    higher = select(func.count()).select_from(Score).where(on_board, Score.total > standing.total)
-    tied_ahead = (
-        select(func.count())
-        .select_from(Score)
-        .where(
-            on_board,
-            Score.total == standing.total,
-            tuple_(Score.reached_at, Score.user_id) < tuple_(standing.reached_at, standing.user_id),
-        )
-    )
-    return select(higher.scalar_subquery() + tied_ahead.scalar_subquery() + 1)
+    return [Standing(user_id=r.user_id, total=r.total, reached_at=r.reached_at, rank_key=r.rank_key) for r in rows]
 
 
 def user_standing(session: Session, board: Board, user_id: str) -> tuple[Standing, int] | None:
-    """The user's standing and exact rank from SQL, or None if they never scored."""
+    """The user's standing and exact rank among everyone on the board, or None if they never scored."""
     row = session.execute(
-        select(Score.total, Score.reached_at).where(Score.board == board.name, Score.user_id == user_id)
+        select(Score.total, Score.reached_at, Score.rank_key).where(Score.board == board.name, Score.user_id == user_id)
     ).one_or_none()
     if row is None:
         return None
-    standing = Standing(user_id=user_id, total=row.total, reached_at=row.reached_at)
-    return standing, int(session.execute(rank_query(board, standing)).scalar_one())
+    standing = Standing(user_id=user_id, total=row.total, reached_at=row.reached_at, rank_key=row.rank_key)
+    return standing, exact_rank(session, board.name, row.rank_key)
 
 
 def top_rank(session: Session, board: Board, standing: Standing) -> int | None:
@@ -403,7 +370,12 @@ def top_rank(session: Session, board: Board, standing: Standing) -> int | None:
 
     Counts at most N rows ahead, so it costs the same on any board size.
     """
-    ahead = select(Score.user_id).where(ranked_ahead(board, standing)).limit(board.top_n).subquery()
+    ahead = (
+        select(Score.user_id)
+        .where(Score.board == board.name, Score.rank_key < standing.rank_key)
+        .limit(board.top_n)
+        .subquery()
+    )
     count = session.execute(select(func.count()).select_from(ahead)).scalar_one()
     return int(count) + 1 if count < board.top_n else None
 

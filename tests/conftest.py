@@ -132,8 +132,8 @@ def clean_state(request: pytest.FixtureRequest, board_name: str) -> None:
 
 def _wipe(engine: Engine, client: redis.Redis, board: str) -> None:
     with engine.begin() as conn:
-        conn.execute(text("DELETE FROM scores"))
-        conn.execute(text("DELETE FROM idempotency_keys"))
+        for table in ("scores", "idempotency_keys", "rank_deltas", "rank_buckets"):
+            conn.execute(text(f"DELETE FROM {table}"))  # noqa: S608 - fixed names
     client.delete(*BoardKeys.for_board(board).as_list())
 
 

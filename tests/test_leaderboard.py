@@ -17,10 +17,10 @@ from app.leaderboard import (
     Board,
     BoardCache,
     Standing,
-    rank_query,
     rebuild_board,
     submit_score,
     top_standings,
+    user_standing,
 )
 from tests.conftest import ChannelListener
 
@@ -46,7 +46,8 @@ def insert_rows(engine: Engine, board: str, rows: list[tuple[str, int, datetime]
     with engine.begin() as conn:
         for user, total, reached in rows:
             conn.execute(
-                text("INSERT INTO scores VALUES (:b, :u, :t, :r, 1)"), {"b": board, "u": user, "t": total, "r": reached}
+                text("INSERT INTO scores (board, user_id, total, reached_at, version) VALUES (:b, :u, :t, :r, 1)"),
+                {"b": board, "u": user, "t": total, "r": reached},
             )
 
 
@@ -80,8 +81,9 @@ def test_ties_go_to_who_reached_the_score_first_then_to_user_id(
     assert cache.entries() == expected
     for rank, (user, _) in enumerate(expected, start=1):
         assert cache.rank(user) == rank
-        standing = next(Standing(u, t, r) for u, t, r in rows if u == user)
-        assert session.execute(rank_query(cache.board, standing)).scalar_one() == rank
+        found = user_standing(session, cache.board, user)
+        assert found is not None
+        assert found[1] == rank
 
 
 def test_redis_applies_the_same_order_write_by_write(

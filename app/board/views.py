@@ -10,6 +10,7 @@ import greenlet
 import redis
 from flask import Blueprint, Response, current_app, jsonify, request
 from flask_jwt_extended import verify_jwt_in_request
+from gevent import monkey
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.auth import is_valid_user_id
@@ -30,7 +31,8 @@ SSE_HEADERS = {
 
 def board_hub() -> BoardHub:
     hub: BoardHub = current_app.extensions["board_hub"]
-    hub.start()
+    if monkey.is_module_patched("socket"):  # the listener is a greenlet: only where gevent runs
+        hub.start()
     return hub
 
 

@@ -1,0 +1,233 @@
+"""Exact ranks on boards of any size: a rank index kept in SQL beside `scores`.
+
+Counting the rows ahead of a user costs as much as their rank (100 ms for the
+last of a million users). Instead, the database keeps:
+
+- `rank_buckets`: every BUCKET_SIZE-th `rank_key` as of the last compaction,
+  with how many users ranked before it then;
+- `rank_deltas`: one row per change of the order since (+1 for a key that
+  appeared, -1 for one that went), written by a trigger on `scores` in the
+  same transaction as the score.
+
+A user's rank is then one statement over one snapshot: the users before the
+start of their bucket (`users_before`, plus the deltas before that start),
+plus the live rows between that start and their key, plus one. It reads at
+most a bucket of index entries and the delta backlog, whatever the board's
+size. `compact_rank_index` folds the deltas in and recuts the buckets;
+RankIndexKeeper runs it in the background.
+
+Never imports Flask.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import logging
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import gevent
+from sqlalchemy import Engine, bindparam, delete, func, insert, select, text, update
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from app.models import RankBucket, RankDelta, Score
+
+log = logging.getLogger(__name__)
+
+BUCKET_SIZE = 1000
+# Recut the buckets when one holds more than this many times BUCKET_SIZE
+# users (a lookup counts up to a bucket of index entries).
+MAX_BUCKET_FACTOR = 3
+VACUUM_AFTER_FOLDING = 5_000
+# Compact when this many deltas wait (each rank lookup reads up to all of
+# them), or when any have waited this long.
+COMPACT_AT_BACKLOG = 20_000
+COMPACT_AT_AGE_SECONDS = 60.0
+CHECK_EVERY_SECONDS = 10.0
+
+
+# The 1-based rank of :key among all rows of :board, exactly, in one snapshot:
+# users before the bucket's start at the last compaction, plus the changes
+# before that start since, plus the live rows from the start up to :key.
+RANK_OF_KEY = text(
+    """
+    WITH bucket AS (
+        SELECT start_key, users_before FROM rank_buckets
+        WHERE board = :board AND start_key <= :key
+        ORDER BY start_key DESC LIMIT 1
+    )
+    SELECT coalesce((SELECT users_before FROM bucket), 0)
+         + coalesce((SELECT sum(delta) FROM rank_deltas
+                     WHERE board = :board AND rank_key < coalesce((SELECT start_key FROM bucket), '')), 0)
+         + (SELECT count(*) FROM scores
+            WHERE board = :board AND rank_key >= coalesce((SELECT start_key FROM bucket), '') AND rank_key < :key)
+         + 1
+    """
+)
+
+
+def exact_rank(session: Session, board: str, rank_key: str) -> int:
+    return int(session.execute(RANK_OF_KEY, {"board": board, "key": rank_key}).scalar_one())
+
+
+def rank_backlog(connection: Connection | Session, board: str, limit: int = COMPACT_AT_BACKLOG) -> int:
+    """Deltas waiting to be compacted, counted up to `limit`."""
+    waiting = select(RankDelta.id).where(RankDelta.board == board).limit(limit).subquery()
+    return int(connection.execute(select(func.count()).select_from(waiting)).scalar_one())
+
+
+@dataclass(frozen=True)
+class Compaction:
+    """What one compaction did."""
+
+    folded: int  # deltas folded into the buckets
+    buckets: int
+    recut: bool  # the buckets were recut from the rows (else only shifted)
+
+
+def compact_rank_index(engine: Engine, board: str, bucket_size: int = BUCKET_SIZE) -> Compaction | None:
+    """Fold `board`'s pending deltas into its buckets; recut the buckets when they got uneven.
+
+    Runs in one snapshot, so the buckets and the deltas left over stay exact
+    for every concurrent reader and writer. Returns None when another process
+    is compacting this board right now.
+    """
+    postgres = engine.dialect.name == "postgresql"
+    options = {"isolation_level": "REPEATABLE READ"} if postgres else {}
+    with engine.connect().execution_options(**options) as connection, connection.begin():
+        if postgres:
+            # The snapshot is fixed at this first statement: every statement
+            # below sees the same rows and the same deltas.
+            locked = connection.execute(
+                text("SELECT pg_try_advisory_xact_lock(hashtext(:name))"), {"name": f"rank-index:{board}"}
+            ).scalar_one()
+            if not locked:
+                return None
+        else:
+            # SQLite: take the write lock first, so no writer commits while we read.
+            connection.execute(text("UPDATE rank_buckets SET users_before = users_before WHERE 1 = 0"))
+        deltas = connection.execute(select(RankDelta.rank_key, RankDelta.delta).where(RankDelta.board == board)).all()
+        buckets = _fold(connection, board, deltas)
+        connection.execute(delete(RankDelta).where(RankDelta.board == board))
+        recut = _uneven(connection, board, buckets, bucket_size)
+        if recut:
+            buckets = _boundaries(connection, board, bucket_size)
+            connection.execute(delete(RankBucket).where(RankBucket.board == board))
+            if buckets:
+                connection.execute(
+                    insert(RankBucket),
+                    [{"board": board, "start_key": key, "users_before": before} for key, before in buckets],
+                )
+    folded = len(deltas)
+    if postgres and folded >= VACUUM_AFTER_FOLDING:
+        _vacuum_deltas(engine)
+    return Compaction(folded=folded, buckets=len(buckets), recut=recut)
+
+
+def _fold(connection: Connection, board: str, deltas: Sequence[tuple[str, int]]) -> list[tuple[str, int]]:
+    """Shift each bucket's users_before by the deltas below its start; returns the buckets.
+
+    A delta counts for every bucket that starts after its key. Python's str
+    order is code-point order, which is the byte order the database uses.
+    """
+    rows = connection.execute(
+        select(RankBucket.start_key, RankBucket.users_before)
+        .where(RankBucket.board == board)
+        .order_by(RankBucket.start_key)
+    ).all()
+    starts = [row.start_key for row in rows]
+    from_bucket = [0] * (len(starts) + 1)  # from_bucket[i]: deltas counting from bucket i on
+    for key, delta in deltas:
+        from_bucket[bisect.bisect_right(starts, key)] += delta
+    buckets, changed, shift = [], [], 0
+    for index, row in enumerate(rows):
+        shift += from_bucket[index]
+        buckets.append((row.start_key, row.users_before + shift))
+        if shift:
+            changed.append({"key": row.start_key, "before": row.users_before + shift})
+    if changed:
+        connection.execute(
+            update(RankBucket)
+            .where(RankBucket.board == board, RankBucket.start_key == bindparam("key"))
+            .values(users_before=bindparam("before")),
+            changed,
+        )
+    return buckets
+
+
+def _uneven(connection: Connection, board: str, buckets: list[tuple[str, int]], bucket_size: int) -> bool:
+    """Whether some bucket holds more than MAX_BUCKET_FACTOR x bucket_size users (or there are none yet)."""
+    limit = MAX_BUCKET_FACTOR * bucket_size
+    if not buckets:  # worth having once the board outgrows a couple of buckets
+        return _count_from(connection, board, "", limit=limit) >= 2 * bucket_size
+    sizes = [buckets[0][1]] + [after - before for (_, before), (_, after) in itertools.pairwise(buckets)]
+    return max(sizes) > limit or _count_from(connection, board, buckets[-1][0], limit=limit + 1) > limit
+
+
+def _count_from(connection: Connection, board: str, start_key: str, limit: int) -> int:
+    rows = select(Score.user_id).where(Score.board == board, Score.rank_key >= start_key).limit(limit).subquery()
+    return int(connection.execute(select(func.count()).select_from(rows)).scalar_one())
+
+
+def _boundaries(connection: Connection, board: str, bucket_size: int) -> list[tuple[str, int]]:
+    position = (func.row_number().over(order_by=Score.rank_key) - 1).label("position")
+    ranked = select(Score.rank_key, position).where(Score.board == board).subquery()
+    rows = connection.execute(select(ranked.c.rank_key, ranked.c.position).where(ranked.c.position % bucket_size == 0))
+    return [(row.rank_key, int(row.position)) for row in rows]
+
+
+def _vacuum_deltas(engine: Engine) -> None:
+    """After a large fold: reclaim the dead rows and refresh the planner's numbers, so
+    lookups keep using the index (VACUUM cannot run in a transaction)."""
+    try:
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+            connection.execute(text("VACUUM (ANALYZE) rank_deltas"))
+    except SQLAlchemyError as exc:  # not the table's owner, for one: autovacuum will do
+        log.warning("could not vacuum rank_deltas: %s", exc.__class__.__name__)
+
+
+class RankIndexKeeper:
+    """A greenlet that compacts the board's rank index when it needs it."""
+
+    def __init__(self, engine: Engine, board: str) -> None:
+        self.engine = engine
+        self.board = board
+        self._greenlet: gevent.Greenlet[Any] | None = None
+        self._last_compaction = time.monotonic()
+
+    def start(self) -> None:
+        if self._greenlet is None or self._greenlet.dead:
+            self._greenlet = gevent.spawn(self._run)
+
+    def _run(self) -> None:
+        while True:
+            # Jittered, so the workers of a fleet do not all check at once.
+            gevent.sleep(CHECK_EVERY_SECONDS * random.uniform(0.5, 1.5))
+            try:
+                self.check()
+            except Exception:
+                log.exception("rank index compaction failed; will retry")
+
+    def check(self) -> None:
+        with self.engine.connect() as connection:
+            backlog = rank_backlog(connection, self.board)
+        waited = time.monotonic() - self._last_compaction
+        if backlog >= COMPACT_AT_BACKLOG or (backlog and waited >= COMPACT_AT_AGE_SECONDS):
+            started = time.monotonic()
+            result = compact_rank_index(self.engine, self.board)
+            self._last_compaction = time.monotonic()
+            if result is not None:
+                log.info(
+                    "rank index of %s: folded %d deltas into %d buckets%s in %.2fs",
+                    self.board,
+                    result.folded,
+                    result.buckets,
+                    " (recut)" if result.recut else "",
+                    time.monotonic() - started,
+                )

@@ -1,0 +1,186 @@
+"""The rank index (app.ranks): exact ranks whatever state the buckets and deltas are in."""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.orm import Session
+
+from app.ranks import COMPACT_AT_BACKLOG, RankIndexKeeper, compact_rank_index, exact_rank, rank_backlog
+from tests.servers import ROOT, service_env
+
+T0 = datetime(2026, 3, 1)
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def any_engine(request: pytest.FixtureRequest, tmp_path: Path, base_env: dict[str, str]) -> Iterator[Engine]:
+    """The test database on PostgreSQL, or a fresh SQLite file migrated by `flask db upgrade`."""
+    if request.param == "postgresql":
+        yield request.getfixturevalue("engine")
+        return
+    url = f"sqlite:///{tmp_path / 'ranks.db'}"
+    subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "wsgi_increment", "db", "upgrade"],
+        cwd=ROOT,
+        env=service_env({**base_env, "DATABASE_URL": url}),
+        check=True,
+        capture_output=True,
+    )
+    engine = create_engine(url)
+    yield engine
+    engine.dispose()
+
+
+def write(engine: Engine, board: str, user: str, total: int, reached: datetime) -> None:
+    """Insert or change a row as the service does (an upsert, so the triggers see an UPDATE)."""
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO scores (board, user_id, total, reached_at, version) VALUES (:b, :u, :t, :r, 1) "
+                "ON CONFLICT (board, user_id) DO UPDATE SET total = excluded.total, reached_at = excluded.reached_at"
+            ),
+            {"b": board, "u": user, "t": total, "r": reached},
+        )
+
+
+def naive_ranks(engine: Engine, board: str) -> dict[str, tuple[str, int]]:
+    """Each user's rank_key and rank, by sorting every row: the definition."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT user_id, rank_key FROM scores WHERE board = :b ORDER BY total DESC, reached_at, user_id"),
+            {"b": board},
+        ).all()
+    return {user: (key, rank) for rank, (user, key) in enumerate(rows, start=1)}
+
+
+def assert_exact(engine: Engine, board: str) -> None:
+    expected = naive_ranks(engine, board)
+    with Session(engine) as session:
+        got = {user: exact_rank(session, board, key) for user, (key, _) in expected.items()}
+    assert got == {user: rank for user, (_, rank) in expected.items()}
+
+
+def random_board(engine: Engine, board: str, rng: random.Random, users: int) -> None:
+    for i in range(users):
+        write(
+            engine,
+            board,
+            f"user{i:03d}",
+            rng.choice([5, 10, 10, 20, 50, 1000]),
+            T0 + timedelta(seconds=rng.randint(0, 5)),
+        )
+
+
+def test_rank_key_order_is_the_ranking_order(any_engine: Engine) -> None:
+    board = "order"
+    for user, total, reached in [
+        ("b", 10, T0),
+        ("a", 10, T0),
+        ("c", 10, T0 - timedelta(microseconds=1)),
+        ("d", 11, T0),
+    ]:
+        write(any_engine, board, user, total, reached)
+    with any_engine.connect() as conn:
+        by_key = conn.execute(text("SELECT user_id FROM scores WHERE board = :b ORDER BY rank_key"), {"b": board})
+        assert [row[0] for row in by_key] == ["d", "c", "a", "b"]
+
+
+def test_ranks_are_exact_before_and_after_compaction_and_as_changes_pile_up(any_engine: Engine) -> None:
+    board, rng = "exact", random.Random(11)
+    random_board(any_engine, board, rng, 120)
+    assert_exact(any_engine, board)  # no buckets yet: plain counting
+    first = compact_rank_index(any_engine, board, bucket_size=7)
+    assert first is not None
+    assert (first.folded, first.buckets, first.recut) == (120, 18, True)
+    with any_engine.connect() as conn:
+        assert rank_backlog(conn, board) == 0
+    assert_exact(any_engine, board)
+    for _ in range(10):  # a few changes: folded into the buckets, not recut
+        write(any_engine, board, f"user{rng.randrange(120):03d}", rng.choice([5, 10, 20, 50]), T0)
+    assert_exact(any_engine, board)
+    folded = compact_rank_index(any_engine, board, bucket_size=7)
+    assert folded is not None
+    assert not folded.recut
+    assert folded.folded > 0
+    assert_exact(any_engine, board)
+    for _ in range(150):  # moves up and down, new users, through bucket boundaries
+        user = f"user{rng.randrange(140):03d}"
+        write(
+            any_engine,
+            board,
+            user,
+            rng.choice([1, 5, 10, 20, 50, 999, 5000]),
+            T0 + timedelta(seconds=rng.randint(0, 9)),
+        )
+    with any_engine.begin() as conn:
+        conn.execute(text("DELETE FROM scores WHERE board = :b AND user_id IN ('user001', 'user050')"), {"b": board})
+    assert_exact(any_engine, board)
+    compact_rank_index(any_engine, board, bucket_size=5)
+    assert_exact(any_engine, board)
+
+
+def test_other_boards_do_not_count(any_engine: Engine) -> None:
+    for board in ("mine", "theirs"):
+        random_board(any_engine, board, random.Random(3), 30)
+    compact_rank_index(any_engine, "theirs", bucket_size=4)
+    write(any_engine, "theirs", "intruder", 10**9, T0)
+    assert_exact(any_engine, "mine")
+    assert_exact(any_engine, "theirs")
+
+
+def test_compaction_racing_writers_keeps_ranks_exact(engine: Engine) -> None:
+    board, rng = "race", random.Random(5)
+    random_board(engine, board, rng, 200)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def writer(seed: int) -> None:
+        local = random.Random(seed)
+        while not stop.is_set():
+            try:
+                write(engine, board, f"user{local.randrange(250):03d}", local.randint(1, 2000), T0)
+            except BaseException as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(seed,)) for seed in range(4)]
+    for thread in threads:
+        thread.start()
+    try:
+        for round_ in range(40):
+            compact_rank_index(engine, board, bucket_size=9 if round_ % 2 else 3)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    assert errors == []
+    assert_exact(engine, board)
+
+
+def test_the_keeper_compacts_a_large_backlog(engine: Engine) -> None:
+    board = "keeper"
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO scores (board, user_id, total, reached_at, version) "
+                "SELECT :b, 'u' || g, g % 1000, :r, 1 FROM generate_series(1, :n) g"
+            ),
+            {"b": board, "r": T0, "n": COMPACT_AT_BACKLOG + 10},
+        )
+    keeper = RankIndexKeeper(engine, board)
+    keeper.check()
+    with engine.connect() as conn:
+        assert rank_backlog(conn, board) == 0
+        buckets = conn.execute(text("SELECT count(*) FROM rank_buckets WHERE board = :b"), {"b": board}).scalar_one()
+    assert buckets == (COMPACT_AT_BACKLOG + 10 + 999) // 1000
+    expected = naive_ranks(engine, board)
+    sample = random.Random(1).sample(sorted(expected), 200)
+    with Session(engine) as session:
+        assert {u: exact_rank(session, board, expected[u][0]) for u in sample} == {u: expected[u][1] for u in sample}
