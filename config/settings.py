@@ -58,6 +58,7 @@ VARIABLES = (
     "SSE_MAX_VIEWERS",
     "BOARD_REQUIRE_AUTH",
     "BOARD_CORS_ORIGINS",
+    "BOARD_FRAME_ANCESTORS",
 )
 
 
@@ -93,6 +94,7 @@ class Settings:
     sse_max_viewers: int = 10_000
     board_require_auth: bool = False
     board_cors_origins: tuple[str, ...] = ()
+    board_frame_ancestors: str = "'self'"
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -130,6 +132,7 @@ class Settings:
             sse_max_viewers=reader.integer("SSE_MAX_VIEWERS", cls.sse_max_viewers, low=0, high=100_000),
             board_require_auth=reader.boolean("BOARD_REQUIRE_AUTH", cls.board_require_auth),
             board_cors_origins=reader.words("BOARD_CORS_ORIGINS"),
+            board_frame_ancestors=reader.text("BOARD_FRAME_ANCESTORS", cls.board_frame_ancestors),
         )
         settings.check()
         return settings
