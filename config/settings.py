@@ -132,7 +132,7 @@ class Settings:
             sse_max_viewers=reader.integer("SSE_MAX_VIEWERS", cls.sse_max_viewers, low=0, high=100_000),
             board_require_auth=reader.boolean("BOARD_REQUIRE_AUTH", cls.board_require_auth),
             board_cors_origins=reader.words("BOARD_CORS_ORIGINS"),
-            board_frame_ancestors=reader.text("BOARD_FRAME_ANCESTORS", cls.board_frame_ancestors),
+            board_frame_ancestors=_csp_sources(reader.text("BOARD_FRAME_ANCESTORS", cls.board_frame_ancestors)),
         )
         settings.check()
         return settings
@@ -211,6 +211,12 @@ def normalize_database_url(url: str) -> str:
         if url.startswith(prefix):
             return "postgresql+psycopg2://" + url[len(prefix) :]
     return url
+
+
+def _csp_sources(value: str) -> str:
+    """CSP source list: `self` and `none` get the quotes CSP needs (shells and .env files eat them)."""
+    sources = [word for word in re.split(r"[,\s]+", value) if word]
+    return " ".join(f"'{word}'" if word in ("self", "none") else word for word in sources)
 
 
 class _Reader:

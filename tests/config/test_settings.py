@@ -136,3 +136,17 @@ def test_env_example_lists_every_variable() -> None:
     example = (PROJECT_ROOT / ".env.example").read_text()
     listed = set(re.findall(r"^#? ?([A-Z0-9_]+)=", example, flags=re.MULTILINE))
     assert listed == set(VARIABLES)
+
+
+@pytest.mark.parametrize(
+    ("given", "used"),
+    [
+        ("'self'", "'self'"),
+        ("self", "'self'"),
+        ("self, https://dash.example.com", "'self' https://dash.example.com"),
+        ("none", "'none'"),
+        ("https://a.example https://b.example", "https://a.example https://b.example"),
+    ],
+)
+def test_frame_ancestors_become_a_valid_csp_source_list(given: str, used: str) -> None:
+    assert Settings.from_env({"BOARD_FRAME_ANCESTORS": given}).board_frame_ancestors == used
