@@ -59,6 +59,10 @@ def post_worker_init(worker):
         from psycogreen.gevent import patch_psycopg
 
         patch_psycopg()
+        # Reconcile Redis with SQL from the start, not from the first request.
+        keeper = getattr(worker.wsgi, "extensions", {}).get("board_keeper")
+        if keeper is not None:
+            keeper.start()
     _drain_streams_on_sigterm(worker)
 
 

@@ -14,9 +14,9 @@ from gevent import monkey
 from sqlalchemy import event
 
 from app import auth, cli, errors, health
-from app.extensions import db, init_redis, migrate, use_sqlite_wal
+from app.extensions import db, init_redis, limiter, migrate, use_sqlite_wal
+from app.keeper import BoardKeeper
 from app.leaderboard import Board, BoardCache
-from app.ranks import RankIndexKeeper
 from config.settings import INSTANCE_DIR, PROJECT_ROOT, Settings
 
 MIGRATIONS_DIR = PROJECT_ROOT / "migrations"
@@ -56,6 +56,7 @@ def _build_app(name: str, settings: Settings | None) -> Flask:
             event.listen(db.engine, "connect", use_sqlite_wal)
     migrate.init_app(app, db, directory=str(MIGRATIONS_DIR))
     auth.init_auth(app)
+    limiter.init_app(app)
     client = init_redis(app.extensions, settings.redis_url, settings.redis_timeout_seconds, name)
     board = Board(
         name=settings.leaderboard_id,
@@ -63,8 +64,9 @@ def _build_app(name: str, settings: Settings | None) -> Flask:
         channel=settings.redis_channel,
         max_increment=settings.score_max_increment,
     )
-    app.extensions["leaderboard"] = BoardCache(client, board)
-    _keep_rank_index(app, board.name)
+    cache = BoardCache(client, board)
+    app.extensions["leaderboard"] = cache
+    _keep_board(app, cache)
 
     errors.register_error_handlers(app)
     app.register_blueprint(health.bp)
@@ -72,15 +74,15 @@ def _build_app(name: str, settings: Settings | None) -> Flask:
     return app
 
 
-def _keep_rank_index(app: Flask, board: str) -> None:
-    """Compact the rank index in the background, in every gevent worker of either service.
+def _keep_board(app: Flask, cache: BoardCache) -> None:
+    """Reconcile Redis with SQL and compact the rank index in the background (app.keeper).
 
     Started with the first request, in the worker (gunicorn forks first), and
     only under gevent: in a plain process nothing would ever run the greenlet.
     """
     with app.app_context():
-        keeper = RankIndexKeeper(db.engine, board)
-    app.extensions["rank_keeper"] = keeper
+        keeper = BoardKeeper(db.engine, cache)
+    app.extensions["board_keeper"] = keeper
 
     @app.before_request
     def start_background_work() -> None:

@@ -258,6 +258,10 @@ class BoardCache:
         status, version = self._apply(keys=self.keys.as_list(), args=args)
         return ApplyResult(status=status, version=int(version) if version else None)
 
+    def is_built(self) -> bool:
+        """Whether Redis holds this board (the version key exists) or must rebuild it from SQL."""
+        return bool(self.redis.exists(self.keys.version))
+
     def rank(self, user_id: str) -> int | None:
         """The user's 1-based rank on the cached board, or None when not on it."""
         member = cast(str | None, self.redis.hget(self.keys.members, user_id))
@@ -488,6 +492,21 @@ def publish_standing(session: Session, cache: BoardCache, standing: Standing) ->
     except redis.RedisError as exc:
         log.warning("board %s not updated in Redis after commit: %s", cache.board.name, exc)
         return False
+
+
+def board_drift(session: Session, cache: BoardCache) -> set[tuple[str, int, int | None]] | None:
+    """Where the cached board disagrees with SQL's top N: (user, SQL total, cached total).
+
+    None when Redis has no board at all. Redis is read before SQL, so a write
+    that reached Redis is always visible to the SQL read: a difference is a
+    write still on its way to Redis, or one whose update Redis never got.
+    """
+    if not cache.is_built():
+        return None
+    cached = dict(cache.entries())
+    drift = {(s.user_id, s.total, cached.get(s.user_id)) for s in top_standings(session, cache.board)}
+    session.rollback()  # end the read transaction
+    return {(user, total, seen) for user, total, seen in drift if seen != total}
 
 
 def rebuild_board(session: Session, cache: BoardCache, updated: Standing | None = None) -> ApplyResult:

@@ -14,7 +14,7 @@ start of their bucket (`users_before`, plus the deltas before that start),
 plus the live rows between that start and their key, plus one. It reads at
 most a bucket of index entries and the delta backlog, whatever the board's
 size. `compact_rank_index` folds the deltas in and recuts the buckets;
-RankIndexKeeper runs it in the background.
+app.keeper.BoardKeeper runs it in the background.
 
 Never imports Flask.
 """
@@ -24,13 +24,9 @@ from __future__ import annotations
 import bisect
 import itertools
 import logging
-import random
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
-import gevent
 from sqlalchemy import Engine, bindparam, delete, func, insert, select, text, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
@@ -49,7 +45,6 @@ VACUUM_AFTER_FOLDING = 5_000
 # them), or when any have waited this long.
 COMPACT_AT_BACKLOG = 20_000
 COMPACT_AT_AGE_SECONDS = 60.0
-CHECK_EVERY_SECONDS = 10.0
 
 
 # The 1-based rank of :key among all rows of :board, exactly, in one snapshot:
@@ -190,44 +185,3 @@ def _vacuum_deltas(engine: Engine) -> None:
             connection.execute(text("VACUUM (ANALYZE) rank_deltas"))
     except SQLAlchemyError as exc:  # not the table's owner, for one: autovacuum will do
         log.warning("could not vacuum rank_deltas: %s", exc.__class__.__name__)
-
-
-class RankIndexKeeper:
-    """A greenlet that compacts the board's rank index when it needs it."""
-
-    def __init__(self, engine: Engine, board: str) -> None:
-        self.engine = engine
-        self.board = board
-        self._greenlet: gevent.Greenlet[Any] | None = None
-        self._last_compaction = time.monotonic()
-
-    def start(self) -> None:
-        if self._greenlet is None or self._greenlet.dead:
-            self._greenlet = gevent.spawn(self._run)
-
-    def _run(self) -> None:
-        while True:
-            # Jittered, so the workers of a fleet do not all check at once.
-            gevent.sleep(CHECK_EVERY_SECONDS * random.uniform(0.5, 1.5))
-            try:
-                self.check()
-            except Exception:
-                log.exception("rank index compaction failed; will retry")
-
-    def check(self) -> None:
-        with self.engine.connect() as connection:
-            backlog = rank_backlog(connection, self.board)
-        waited = time.monotonic() - self._last_compaction
-        if backlog >= COMPACT_AT_BACKLOG or (backlog and waited >= COMPACT_AT_AGE_SECONDS):
-            started = time.monotonic()
-            result = compact_rank_index(self.engine, self.board)
-            self._last_compaction = time.monotonic()
-            if result is not None:
-                log.info(
-                    "rank index of %s: folded %d deltas into %d buckets%s in %.2fs",
-                    self.board,
-                    result.folded,
-                    result.buckets,
-                    " (recut)" if result.recut else "",
-                    time.monotonic() - started,
-                )

@@ -15,6 +15,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from limits import parse_many
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # Flask-SQLAlchemy puts relative SQLite paths under the app's instance folder.
 INSTANCE_DIR = PROJECT_ROOT / "instance"
@@ -59,6 +61,7 @@ VARIABLES = (
     "BOARD_REQUIRE_AUTH",
     "BOARD_CORS_ORIGINS",
     "BOARD_FRAME_ANCESTORS",
+    "RATE_LIMIT_PER_USER",
 )
 
 
@@ -95,6 +98,7 @@ class Settings:
     board_require_auth: bool = False
     board_cors_origins: tuple[str, ...] = ()
     board_frame_ancestors: str = "'self'"
+    rate_limit_per_user: str = "10/second;300/minute"
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -133,6 +137,7 @@ class Settings:
             board_require_auth=reader.boolean("BOARD_REQUIRE_AUTH", cls.board_require_auth),
             board_cors_origins=reader.words("BOARD_CORS_ORIGINS"),
             board_frame_ancestors=_csp_sources(reader.text("BOARD_FRAME_ANCESTORS", cls.board_frame_ancestors)),
+            rate_limit_per_user=reader.rate_limits("RATE_LIMIT_PER_USER", cls.rate_limit_per_user),
         )
         settings.check()
         return settings
@@ -196,6 +201,20 @@ class Settings:
             "JWT_DECODE_AUDIENCE": self.jwt_audience,
             "JWT_ACCESS_TOKEN_EXPIRES": timedelta(hours=1),
             "JWT_ERROR_MESSAGE_KEY": "message",
+            "RATELIMIT_ENABLED": bool(self.rate_limit_per_user),
+            "RATELIMIT_STORAGE_URI": self.redis_url,
+            "RATELIMIT_STORAGE_OPTIONS": {
+                "socket_timeout": self.redis_timeout_seconds,
+                "socket_connect_timeout": self.redis_timeout_seconds,
+            },
+            # Counts two windows, so a burst at a window's edge cannot double the limit.
+            "RATELIMIT_STRATEGY": "sliding-window-counter",
+            "RATELIMIT_KEY_PREFIX": f"lb:{{{self.leaderboard_id}}}:ratelimit",
+            # Redis down: limit per process in memory rather than refuse every score.
+            "RATELIMIT_SWALLOW_ERRORS": True,
+            "RATELIMIT_IN_MEMORY_FALLBACK_ENABLED": True,
+            # Retry-After goes on the 429 only (app.errors), not on every answer.
+            "RATELIMIT_HEADERS_ENABLED": False,
         }
         config.update(self.extra)
         return config
@@ -264,6 +283,17 @@ class _Reader:
         if value not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
             raise ConfigError(f"{name}={raw!r} is not true or false")
         return value in ("1", "true", "yes", "on")
+
+    def rate_limits(self, name: str, default: str) -> str:
+        """Limits like "10/second;300/minute" (checked by the `limits` library); "off" disables."""
+        value = self.text(name, default)
+        if value.lower() == "off":
+            return ""
+        try:
+            parse_many(value)
+        except ValueError:
+            raise ConfigError(f"{name}={value!r} is not a rate limit like 10/second;300/minute (or off)") from None
+        return value
 
     def words(self, name: str) -> tuple[str, ...]:
         """A comma- or space-separated list."""

@@ -89,6 +89,8 @@ def base_env(database_url: str, board_name: str) -> dict[str, str]:
         "REDIS_CHANNEL": f"leaderboard:updated:{board_name}",
         "TOP_N": "10",
         "LOG_LEVEL": "WARNING",
+        # High enough for the load tests; test_limits.py checks the real thing.
+        "RATE_LIMIT_PER_USER": "1000/second",
     }
 
 

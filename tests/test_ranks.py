@@ -11,10 +11,13 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
+import redis
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.orm import Session
 
-from app.ranks import COMPACT_AT_BACKLOG, RankIndexKeeper, compact_rank_index, exact_rank, rank_backlog
+from app.keeper import BoardKeeper
+from app.leaderboard import Board, BoardCache
+from app.ranks import COMPACT_AT_BACKLOG, compact_rank_index, exact_rank, rank_backlog
 from tests.servers import ROOT, service_env
 
 T0 = datetime(2026, 3, 1)
@@ -164,7 +167,7 @@ def test_compaction_racing_writers_keeps_ranks_exact(engine: Engine) -> None:
     assert_exact(engine, board)
 
 
-def test_the_keeper_compacts_a_large_backlog(engine: Engine) -> None:
+def test_the_keeper_compacts_a_large_backlog(engine: Engine, redis_conn: redis.Redis) -> None:
     board = "keeper"
     with engine.begin() as conn:
         conn.execute(
@@ -174,8 +177,8 @@ def test_the_keeper_compacts_a_large_backlog(engine: Engine) -> None:
             ),
             {"b": board, "r": T0, "n": COMPACT_AT_BACKLOG + 10},
         )
-    keeper = RankIndexKeeper(engine, board)
-    keeper.check()
+    keeper = BoardKeeper(engine, BoardCache(redis_conn, Board(board, top_n=10, channel="unused", max_increment=1)))
+    assert keeper.compact_rank_index_if_due() is not None
     with engine.connect() as conn:
         assert rank_backlog(conn, board) == 0
         buckets = conn.execute(text("SELECT count(*) FROM rank_buckets WHERE board = :b"), {"b": board}).scalar_one()

@@ -6,15 +6,21 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from flask_jwt_extended import jwt_required
 
 from app.auth import current_user_id
-from app.extensions import db
+from app.extensions import db, limiter
 from app.leaderboard import BoardCache, submit_score
 from app.scoring.schemas import check_content_type, parse_idempotency_key, parse_json, parse_score, read_body
 
 bp = Blueprint("scoring", __name__)
 
 
+def _per_user_limit() -> str:
+    return str(current_app.extensions["settings"].rate_limit_per_user)
+
+
 @bp.post("/score")
 @jwt_required()
+# Inside jwt_required: counted per authenticated user, and only once the token is good.
+@limiter.limit(_per_user_limit, key_func=current_user_id)
 def post_score() -> Response:
     """Add the body's score to the caller's total; answer the new total and rank."""
     cache: BoardCache = current_app.extensions["leaderboard"]
