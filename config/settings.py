@@ -120,7 +120,7 @@ class Settings:
             max_content_length=reader.integer("MAX_CONTENT_LENGTH", cls.max_content_length, low=64, high=1_048_576),
             jwt_secret_key=reader.text("JWT_SECRET_KEY", "" if app_env == "production" else cls.jwt_secret_key),
             jwt_algorithm=reader.choice("JWT_ALGORITHM", cls.jwt_algorithm, ("HS256", "RS256")),
-            jwt_public_key=reader.optional("JWT_PUBLIC_KEY"),
+            jwt_public_key=reader.pem("JWT_PUBLIC_KEY"),
             jwt_issuer=reader.optional("JWT_ISSUER"),
             jwt_audience=reader.optional("JWT_AUDIENCE"),
             db_pool_size=reader.integer("DB_POOL_SIZE", cls.db_pool_size, low=1, high=500),
@@ -274,6 +274,16 @@ class _Reader:
         if not low <= value <= high:
             raise ConfigError(f"{name}={value} must be between {low} and {high}")
         return value
+
+    def pem(self, name: str) -> str | None:
+        """A PEM block; `\\n` escapes (as .env files and dashboards hold it) become newlines."""
+        value = self.optional(name)
+        if value is None:
+            return None
+        value = value.replace("\\n", "\n")
+        if not value.startswith("-----BEGIN ") or "-----END " not in value:
+            raise ConfigError(f"{name} must be a PEM block (-----BEGIN PUBLIC KEY----- ...)")
+        return value + "\n" if not value.endswith("\n") else value
 
     def boolean(self, name: str, default: bool) -> bool:
         raw = self.optional(name)

@@ -1,0 +1,120 @@
+"""JWT hardening: issuer and audience, RS256 with a public key, and no secret in any log."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import jwt as pyjwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from flask import Flask
+
+from tests.conftest import JWT_SECRET, make_token
+
+ISSUER, AUDIENCE = "https://id.example.com", "leaderboard"
+
+
+def rsa_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def public_pem(key: rsa.RSAPrivateKey) -> str:
+    return (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+
+
+def rs256_token(key: rsa.RSAPrivateKey, sub: str = "alice", **claims: Any) -> str:
+    now = datetime.now(UTC)
+    return pyjwt.encode({"sub": sub, "iat": now, "exp": now + timedelta(hours=1), **claims}, key, algorithm="RS256")
+
+
+def hs256_signed_with(secret: bytes, payload: dict[str, Any]) -> str:
+    """An HS256 token made by hand: PyJWT itself refuses a public key as an HMAC secret."""
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    signing_input = f"{b64(json.dumps({'alg': 'HS256', 'typ': 'JWT'}).encode())}.{b64(json.dumps(payload).encode())}"
+    return f"{signing_input}.{b64(hmac.new(secret, signing_input.encode(), hashlib.sha256).digest())}"
+
+
+def post(app: Flask, token: str, score: int = 5) -> Any:
+    return app.test_client().post("/score", json={"score": score}, headers={"Authorization": f"Bearer {token}"})
+
+
+def refused(response: Any) -> bool:
+    return response.status_code == 401 and response.get_json()["error"]["code"] in ("invalid_token", "expired_token")
+
+
+def test_issuer_and_audience_are_checked_when_configured(
+    make_app: Callable[..., Flask], board_state: Callable[[], Any]
+) -> None:
+    app = make_app(JWT_ISSUER=ISSUER, JWT_AUDIENCE=AUDIENCE)
+    assert post(app, make_token("alice", iss=ISSUER, aud=AUDIENCE)).status_code == 200
+    before = board_state()
+    for token in (
+        make_token("alice"),  # neither
+        make_token("alice", iss=ISSUER),  # no audience
+        make_token("alice", aud=AUDIENCE),  # no issuer
+        make_token("alice", iss="https://evil.example.com", aud=AUDIENCE),
+        make_token("alice", iss=ISSUER, aud="another-service"),
+        make_token("alice", iss=ISSUER, aud=[AUDIENCE + "x"]),
+    ):
+        assert refused(post(app, token))
+    assert board_state() == before
+
+
+def test_rs256_takes_the_issuers_tokens_and_nothing_else(
+    make_app: Callable[..., Flask], board_state: Callable[[], Any]
+) -> None:
+    issuer_key, other_key = rsa_key(), rsa_key()
+    pem = public_pem(issuer_key)
+    app = make_app(JWT_ALGORITHM="RS256", JWT_PUBLIC_KEY=pem.replace("\n", "\\n"))  # as a .env file holds it
+    assert post(app, rs256_token(issuer_key)).get_json()["userId"] == "alice"
+    before = board_state()
+    confused = hs256_signed_with(pem.encode(), {"sub": "alice", "exp": int(time.time()) + 3600})
+    for token in (
+        rs256_token(other_key),  # signed by someone else
+        make_token("alice", secret=JWT_SECRET),  # HS256 where RS256 is pinned
+        confused,  # the public key used as an HMAC secret
+        rs256_token(issuer_key, exp=datetime.now(UTC) - timedelta(minutes=5)),
+        rs256_token(issuer_key, sub=""),
+    ):
+        assert refused(post(app, token))
+    assert board_state() == before
+
+
+def test_the_token_command_refuses_rs256(make_app: Callable[..., Flask]) -> None:
+    app = make_app(JWT_ALGORITHM="RS256", JWT_PUBLIC_KEY=public_pem(rsa_key()))
+    result = app.test_cli_runner().invoke(args=["token", "alice"])
+    assert result.exit_code != 0
+    assert "identity provider" in result.output
+
+
+def test_no_token_or_secret_is_ever_logged(make_app: Callable[..., Flask], caplog: pytest.LogCaptureFixture) -> None:
+    app = make_app(LOG_LEVEL="DEBUG")
+    good, expired = make_token("alice"), make_token("alice", exp=datetime.now(UTC) - timedelta(minutes=1))
+    forged = make_token("alice", secret="forged-" + "f" * 60)
+    client = app.test_client()
+    with caplog.at_level(logging.DEBUG):
+        for token in (good, expired, forged, good + "x", "not.a.token"):
+            client.post("/score", json={"score": 1}, headers={"Authorization": f"Bearer {token}"})
+            client.post(
+                "/score", data=b"{", headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+            )
+        client.get("/readyz")
+    text = caplog.text + "".join(str(record.args) for record in caplog.records)
+    for secret in (JWT_SECRET, good, expired, forged, good.split(".")[2], forged.split(".")[2]):
+        assert secret not in text
