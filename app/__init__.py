@@ -12,6 +12,7 @@ from pathlib import Path
 from flask import Flask
 from gevent import monkey
 from sqlalchemy import event
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from app import auth, cli, errors, health
 from app.extensions import db, init_redis, limiter, migrate, use_sqlite_wal
@@ -43,6 +44,11 @@ def create_board_app(settings: Settings | None = None) -> Flask:
 def _build_app(name: str, settings: Settings | None) -> Flask:
     settings = settings or Settings.from_env()
     app = Flask(name, instance_path=str(INSTANCE_DIR))
+    if settings.trusted_proxies:
+        # Behind that many proxies, the client address is theirs to report (X-Forwarded-For).
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app, x_for=settings.trusted_proxies, x_proto=settings.trusted_proxies
+        )
     app.config.from_mapping(settings.flask_config())
     app.json.sort_keys = False  # type: ignore[attr-defined]  # keep documented field order
     app.extensions["settings"] = settings

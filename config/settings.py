@@ -62,6 +62,8 @@ VARIABLES = (
     "BOARD_CORS_ORIGINS",
     "BOARD_FRAME_ANCESTORS",
     "RATE_LIMIT_PER_USER",
+    "SSE_MAX_VIEWERS_PER_IP",
+    "TRUSTED_PROXIES",
 )
 
 
@@ -99,6 +101,8 @@ class Settings:
     board_cors_origins: tuple[str, ...] = ()
     board_frame_ancestors: str = "'self'"
     rate_limit_per_user: str = "10/second;300/minute"
+    sse_max_viewers_per_ip: int = 50
+    trusted_proxies: int = 0
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -138,6 +142,10 @@ class Settings:
             board_cors_origins=reader.words("BOARD_CORS_ORIGINS"),
             board_frame_ancestors=_csp_sources(reader.text("BOARD_FRAME_ANCESTORS", cls.board_frame_ancestors)),
             rate_limit_per_user=reader.rate_limits("RATE_LIMIT_PER_USER", cls.rate_limit_per_user),
+            sse_max_viewers_per_ip=reader.integer(
+                "SSE_MAX_VIEWERS_PER_IP", cls.sse_max_viewers_per_ip, low=1, high=100_000
+            ),
+            trusted_proxies=reader.integer("TRUSTED_PROXIES", cls.trusted_proxies, low=0, high=5),
         )
         settings.check()
         return settings

@@ -28,7 +28,11 @@ def init_board(app: Flask, settings: Settings, cache: BoardCache) -> None:
         return raw
 
     app.extensions["board_hub"] = BoardHub(
-        cache.redis, cache.board.channel, load_latest, max_viewers=settings.sse_max_viewers
+        cache.redis,
+        cache.board.channel,
+        load_latest,
+        max_viewers=settings.sse_max_viewers,
+        max_viewers_per_ip=settings.sse_max_viewers_per_ip,
     )
     # EventSource cannot send headers, so with BOARD_REQUIRE_AUTH the token
     # may also come in a cookie.

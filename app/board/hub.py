@@ -70,14 +70,17 @@ class BoardHub:
         load_latest: Callable[[], str | None],
         *,
         max_viewers: int,
+        max_viewers_per_ip: int | None = None,
     ) -> None:
         """`load_latest` returns the current board message (rebuilding it if needed)."""
         self._redis = client
         self._channel = channel
         self._load_latest = load_latest
         self.max_viewers = max_viewers
+        self.max_viewers_per_ip = max_viewers_per_ip or max_viewers
         self.latest: Frame | None = None
         self.viewers = 0
+        self._viewers_by_ip: dict[str, int] = {}
         self.draining = False
         self.connected = False
         self.stats = {"reconnects": 0, "frames": 0, "refused": 0, "streams": 0}
@@ -119,17 +122,22 @@ class BoardHub:
 
     # -- viewers -----------------------------------------------------------
 
-    def join(self) -> bool:
-        """Count a viewer in; False when draining or at the per-worker cap."""
-        if self.draining or self.viewers >= self.max_viewers:
+    def join(self, ip: str = "") -> bool:
+        """Count a viewer in; False when draining, at the per-worker cap or at the per-IP cap."""
+        from_ip = self._viewers_by_ip.get(ip, 0)
+        if self.draining or self.viewers >= self.max_viewers or from_ip >= self.max_viewers_per_ip:
             self.stats["refused"] += 1
             return False
         self.viewers += 1
+        self._viewers_by_ip[ip] = from_ip + 1
         self.stats["streams"] += 1
         return True
 
-    def leave(self) -> None:
+    def leave(self, ip: str = "") -> None:
         self.viewers -= 1
+        remaining = self._viewers_by_ip.pop(ip, 1) - 1
+        if remaining:
+            self._viewers_by_ip[ip] = remaining
 
     def drain(self) -> None:
         """Shutting down: refuse new viewers and tell every open stream to end."""

@@ -79,7 +79,11 @@ def ended_when_client_leaves(client: socket.socket | None) -> Iterator[None]:
 
 
 def stream_board(
-    hub: BoardHub, options: StreamOptions, last_event_id: int | None, client: socket.socket | None = None
+    hub: BoardHub,
+    options: StreamOptions,
+    last_event_id: int | None,
+    client: socket.socket | None = None,
+    client_ip: str = "",
 ) -> Iterator[bytes]:
     """The frames one viewer receives, newest board first, until it goes away.
 
@@ -88,14 +92,14 @@ def stream_board(
     `coalesce_seconds`, with a heartbeat comment whenever nothing else was
     sent for `heartbeat_seconds`. Versions only go up.
     """
-    if not hub.join():
+    if not hub.join(client_ip):
         yield come_back_later(options)
         return
     try:
         with ended_when_client_leaves(client):
             yield from _frames(hub, options, last_event_id)
     finally:
-        hub.leave()
+        hub.leave(client_ip)
 
 
 def _frames(hub: BoardHub, options: StreamOptions, last_event_id: int | None) -> Iterator[bytes]:

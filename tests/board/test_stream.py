@@ -143,3 +143,24 @@ def test_over_the_cap_and_while_draining_a_viewer_is_sent_away_with_a_retry_hint
 )
 def test_last_event_id_parsing(header: str | None, parsed: int | None) -> None:
     assert parse_last_event_id(header) == parsed
+
+
+def test_one_address_may_hold_only_so_many_streams() -> None:
+    hub = BoardHub(None, "unused", Board(message(1)).load, max_viewers=10, max_viewers_per_ip=2)  # type: ignore[arg-type]
+    hub.current()
+    first, second = (
+        stream_board(hub, FAST, None, client_ip="10.0.0.1"),
+        stream_board(hub, FAST, None, client_ip="10.0.0.1"),
+    )
+    take(first, 2)
+    take(second, 2)
+    assert next(stream_board(hub, FAST, None, client_ip="10.0.0.1")).startswith(b"retry: ")  # refused
+    neighbour = stream_board(hub, FAST, None, client_ip="10.0.0.2")
+    assert take(neighbour, 2)[1] == hub.latest.sse  # type: ignore[union-attr]
+    first.close()
+    third = stream_board(hub, FAST, None, client_ip="10.0.0.1")
+    assert take(third, 2)[1] == hub.latest.sse  # type: ignore[union-attr]
+    for stream in (second, neighbour, third):
+        stream.close()
+    assert hub.viewers == 0
+    assert hub._viewers_by_ip == {}
