@@ -91,6 +91,8 @@ def base_env(database_url: str, board_name: str) -> dict[str, str]:
         "LOG_LEVEL": "WARNING",
         # High enough for the load tests; test_limits.py checks the real thing.
         "RATE_LIMIT_PER_USER": "1000/second",
+        # Every test viewer comes from 127.0.0.1; the per-IP cap has its own tests.
+        "SSE_MAX_VIEWERS_PER_IP": "100000",
     }
 
 

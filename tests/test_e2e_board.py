@@ -295,6 +295,23 @@ def test_over_the_cap_a_viewer_is_told_to_come_back(start_board: Callable[..., G
     admitted.close()
 
 
+def test_one_address_over_its_stream_cap_is_told_to_come_back(
+    start_board: Callable[..., GunicornServer], engine: Any
+) -> None:
+    board = start_board(SSE_MAX_VIEWERS_PER_IP="2")
+    admitted = Swarm.connect(f"{board.url}/events", 2)
+    assert admitted.wait_until(lambda: all(v.frames for v in admitted.viewers), timeout=5)
+    extra = Swarm([Viewer(f"{board.url}/events")])
+    assert extra.wait_until(lambda: extra.viewers[0].closed, timeout=5)
+    assert [e.retry is not None for e in extra.viewers[0].events] == [True]
+    admitted.viewers[0].close()
+    assert _wait(lambda: stats(board)["viewers"] == 1, timeout=5)
+    again = Swarm([Viewer(f"{board.url}/events")])
+    assert again.wait_until(lambda: bool(again.viewers[0].frames), timeout=5)
+    admitted.close()
+    again.close()
+
+
 def test_sigterm_with_200_viewers_drains_fast_and_every_viewer_gets_a_retry_hint(
     start_board: Callable[..., GunicornServer], engine: Any
 ) -> None:

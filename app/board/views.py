@@ -62,7 +62,7 @@ def events() -> Response:
         coalesce_seconds=settings.sse_coalesce_ms / 1000,
     )
     last_event_id = parse_last_event_id(request.headers.get("Last-Event-ID"))
-    stream = stream_board(hub, options, last_event_id, client=socket)
+    stream = stream_board(hub, options, last_event_id, client=socket, client_ip=request.remote_addr or "")
     response = Response(stream, mimetype="text/event-stream", headers=SSE_HEADERS)
     response.direct_passthrough = True
     return response
