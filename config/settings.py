@@ -186,6 +186,13 @@ class Settings:
                     "connect_timeout": max(1, round(self.db_timeout_seconds)),
                     "options": f"-c statement_timeout={timeout_ms} -c lock_timeout={timeout_ms}",
                     "application_name": "leaderboard",
+                    # A server that vanished without closing the connection (a
+                    # partition, a dead host) is given up on too, not waited for.
+                    "keepalives": 1,
+                    "keepalives_idle": 10,
+                    "keepalives_interval": 5,
+                    "keepalives_count": 3,
+                    "tcp_user_timeout": timeout_ms,
                 },
             )
         config: dict[str, Any] = {
