@@ -11,6 +11,10 @@ with the reason.
 import multiprocessing
 import signal
 
+from gunicorn.glogging import Logger
+
+from config.logs import JsonFormatter
+
 # Cooperative greenlets: one worker holds thousands of open SSE streams and
 # overlaps many database and Redis round trips. The worker monkey-patches the
 # standard library itself before it imports the app (see post_worker_init for
@@ -49,6 +53,38 @@ control_socket_disable = True
 # One line per request on stdout, for `make run` and container logs.
 accesslog = "-"
 errorlog = "-"
+
+
+class JsonLogger(Logger):
+    """gunicorn's own logs and its access log as JSON lines, like the app's (config.logs)."""
+
+    def setup(self, cfg):
+        super().setup(cfg)
+        for log in (self.error_log, self.access_log):
+            for handler in log.handlers:
+                handler.setFormatter(JsonFormatter())
+
+    def access(self, resp, req, environ, request_time):
+        if not self.cfg.accesslog:
+            return
+        headers = dict((name.lower(), value) for name, value in (resp.headers or []))
+        self.access_log.info(
+            "request",
+            extra={
+                "remote": environ.get("REMOTE_ADDR"),
+                "method": environ.get("REQUEST_METHOD"),
+                "path": environ.get("PATH_INFO"),
+                "status": resp.status_code,
+                "bytes": getattr(resp, "sent", None),
+                "duration_ms": round(request_time.total_seconds() * 1000, 2),
+                "request_id": headers.get("x-request-id"),
+                "user_agent": environ.get("HTTP_USER_AGENT"),
+            },
+        )
+
+
+# JSON lines for every log; query strings and headers (tokens) are never logged.
+logger_class = JsonLogger
 
 
 def post_worker_init(worker):

@@ -6,7 +6,6 @@ health, CLI) in `_build_app` and then registers only its own blueprint.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 from flask import Flask
@@ -18,6 +17,8 @@ from app import auth, cli, errors, health
 from app.extensions import db, init_redis, limiter, migrate, use_sqlite_wal
 from app.keeper import BoardKeeper
 from app.leaderboard import Board, BoardCache
+from app.request_id import RequestIdFilter, init_request_id
+from config.logs import configure_logging
 from config.settings import INSTANCE_DIR, PROJECT_ROOT, Settings
 
 MIGRATIONS_DIR = PROJECT_ROOT / "migrations"
@@ -52,7 +53,7 @@ def _build_app(name: str, settings: Settings | None) -> Flask:
     app.config.from_mapping(settings.flask_config())
     app.json.sort_keys = False  # type: ignore[attr-defined]  # keep documented field order
     app.extensions["settings"] = settings
-    _configure_logging(settings.log_level)
+    configure_logging(settings.log_level, RequestIdFilter())
     if settings.is_sqlite:
         Path(app.instance_path).mkdir(parents=True, exist_ok=True)
 
@@ -75,6 +76,7 @@ def _build_app(name: str, settings: Settings | None) -> Flask:
     _keep_board(app, cache)
 
     errors.register_error_handlers(app)
+    init_request_id(app)
     app.register_blueprint(health.bp)
     cli.register(app)
     return app
@@ -94,8 +96,3 @@ def _keep_board(app: Flask, cache: BoardCache) -> None:
     def start_background_work() -> None:
         if monkey.is_module_patched("socket"):
             keeper.start()
-
-
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger().setLevel(level)

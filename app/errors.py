@@ -142,7 +142,9 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(SQLAlchemyError)
     def database_error(error: SQLAlchemyError) -> Response:
         db.session.rollback()
-        log.warning("database unavailable: %s", error.__class__.__name__, exc_info=log.isEnabledFor(logging.DEBUG))
+        # The driver's first line says what failed (no SQL parameters, no credentials).
+        cause = str(getattr(error, "orig", None) or error).strip().splitlines()[0][:200]
+        log.warning("database unavailable: %s: %s", error.__class__.__name__, cause)
         return error_response(
             503, "database_unavailable", "The database is unavailable; try again shortly.", {"Retry-After": "1"}
         )
