@@ -9,7 +9,11 @@ with the reason.
 """
 
 import multiprocessing
+import os
+import shutil
 import signal
+import tempfile
+from pathlib import Path
 
 from gunicorn.glogging import Logger
 
@@ -85,6 +89,38 @@ class JsonLogger(Logger):
 
 # JSON lines for every log; query strings and headers (tokens) are never logged.
 logger_class = JsonLogger
+
+
+_metrics_folder_made = None
+
+
+def on_starting(server):
+    """Before any worker: a folder where every worker writes its Prometheus samples.
+
+    prometheus-client reads PROMETHEUS_MULTIPROC_DIR when a worker imports it,
+    so it is set here, in the master, and inherited. An operator's own value
+    is kept (and emptied: samples of a previous run would add up).
+    """
+    global _metrics_folder_made
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if folder:
+        for stale in Path(folder).glob("*.db"):
+            stale.unlink()
+    else:
+        _metrics_folder_made = tempfile.mkdtemp(prefix="leaderboard-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_folder_made
+
+
+def child_exit(server, worker):
+    """A worker is gone: its gauges (open streams) must stop counting."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    if _metrics_folder_made:
+        shutil.rmtree(_metrics_folder_made, ignore_errors=True)
 
 
 def post_worker_init(worker):

@@ -17,6 +17,7 @@ from app import auth, cli, errors, health
 from app.extensions import db, init_redis, limiter, migrate, use_sqlite_wal
 from app.keeper import BoardKeeper
 from app.leaderboard import Board, BoardCache
+from app.openapi import openapi_document
 from app.request_id import RequestIdFilter, init_request_id
 from config.logs import configure_logging
 from config.settings import INSTANCE_DIR, PROJECT_ROOT, Settings
@@ -53,6 +54,7 @@ def _build_app(name: str, settings: Settings | None) -> Flask:
     app.config.from_mapping(settings.flask_config())
     app.json.sort_keys = False  # type: ignore[attr-defined]  # keep documented field order
     app.extensions["settings"] = settings
+    app.extensions["openapi"] = openapi_document(name, settings)
     configure_logging(settings.log_level, RequestIdFilter())
     if settings.is_sqlite:
         Path(app.instance_path).mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""`/healthz` (the process answers) and `/readyz` (its database and Redis answer).
+"""`/healthz` (the process answers), `/readyz` (its database and Redis answer) and `/openapi.json`.
 
 Both services register this blueprint.
 """
@@ -6,12 +6,13 @@ Both services register this blueprint.
 from __future__ import annotations
 
 import redis
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, Response, current_app, jsonify
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.errors import error_response
 from app.extensions import db, redis_client
+from app.metrics import render
 
 bp = Blueprint("health", __name__)
 
@@ -19,6 +20,18 @@ bp = Blueprint("health", __name__)
 @bp.get("/healthz")
 def healthz() -> Response:
     return jsonify({"status": "ok"})
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    """Prometheus exposition of every worker of this service."""
+    body, content_type = render(current_app.extensions["settings"].prometheus_multiproc_dir)
+    return Response(body, content_type=content_type)
+
+
+@bp.get("/openapi.json")
+def openapi() -> Response:
+    return jsonify(current_app.extensions["openapi"])
 
 
 @bp.get("/readyz")

@@ -78,7 +78,7 @@ class BoardKeeper:
                 self._suspects = drift
                 return "watching" if drift else "ok"
             reason = "missing from Redis" if drift is None else f"{len(drift)} entries wrong in Redis"
-            rebuild_board(session, self.cache)
+            rebuild_board(session, self.cache, reason="missing" if drift is None else "drift")
         self._suspects = set()
         self.rebuilds += 1
         log.warning("rebuilt board %s from SQL: %s", self.cache.board.name, reason)

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
 
+from app.metrics import REBUILDS, REDIS_SCRIPT_SECONDS
 from app.models import IdempotencyKey, Score
 from app.ranks import exact_rank
 from config.settings import MAX_SAFE_TOTAL
@@ -255,7 +256,8 @@ class BoardCache:
         ]
         for standing in standings:
             args += [standing.user_id, standing.total, standing.member]
-        status, version = self._apply(keys=self.keys.as_list(), args=args)
+        with REDIS_SCRIPT_SECONDS.labels(mode).time():
+            status, version = self._apply(keys=self.keys.as_list(), args=args)
         return ApplyResult(status=status, version=int(version) if version else None)
 
     def is_built(self) -> bool:
@@ -487,7 +489,7 @@ def publish_standing(session: Session, cache: BoardCache, standing: Standing) ->
     try:
         result = cache.apply([standing], mode="write", updated=standing)
         if result.status == "uninitialized":
-            rebuild_board(session, cache, updated=standing)
+            rebuild_board(session, cache, reason="missing", updated=standing)
         return True
     except redis.RedisError as exc:
         log.warning("board %s not updated in Redis after commit: %s", cache.board.name, exc)
@@ -509,14 +511,18 @@ def board_drift(session: Session, cache: BoardCache) -> set[tuple[str, int, int 
     return {(user, total, seen) for user, total, seen in drift if seen != total}
 
 
-def rebuild_board(session: Session, cache: BoardCache, updated: Standing | None = None) -> ApplyResult:
+def rebuild_board(
+    session: Session, cache: BoardCache, *, reason: str = "manual", updated: Standing | None = None
+) -> ApplyResult:
     """Make the cached board equal to the SQL top N, and publish it.
 
     Replace with one read of SQL, then merge a second read: a write whose
     script ran before the replace had committed before the second read, so
     the merge restores it; later writes apply their own script after ours.
     `updated`, when a write triggered the rebuild, is named in the message.
+    `reason` labels the rebuild in the metrics (missing, drift, manual).
     """
+    REBUILDS.labels(reason).inc()
     cache.apply(top_standings(session, cache.board), mode="replace", updated=updated)
     result = cache.apply(top_standings(session, cache.board), mode="merge", updated=updated)
     session.rollback()  # end the read transaction; nothing was written

@@ -64,6 +64,7 @@ VARIABLES = (
     "RATE_LIMIT_PER_USER",
     "SSE_MAX_VIEWERS_PER_IP",
     "TRUSTED_PROXIES",
+    "PROMETHEUS_MULTIPROC_DIR",
 )
 
 
@@ -103,6 +104,7 @@ class Settings:
     rate_limit_per_user: str = "10/second;300/minute"
     sse_max_viewers_per_ip: int = 50
     trusted_proxies: int = 0
+    prometheus_multiproc_dir: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -146,6 +148,7 @@ class Settings:
                 "SSE_MAX_VIEWERS_PER_IP", cls.sse_max_viewers_per_ip, low=1, high=100_000
             ),
             trusted_proxies=reader.integer("TRUSTED_PROXIES", cls.trusted_proxies, low=0, high=5),
+            prometheus_multiproc_dir=reader.optional("PROMETHEUS_MULTIPROC_DIR"),
         )
         settings.check()
         return settings

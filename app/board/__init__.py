@@ -21,7 +21,7 @@ def init_board(app: Flask, settings: Settings, cache: BoardCache) -> None:
         if raw is None:
             with app.app_context():
                 try:
-                    rebuild_board(db.session(), cache)
+                    rebuild_board(db.session(), cache, reason="missing")
                 finally:
                     db.session.remove()
             raw = cache.latest_raw()

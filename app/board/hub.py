@@ -23,6 +23,8 @@ import gevent
 import redis
 from gevent.event import Event
 
+from app.metrics import FRAMES_SENT, HUB_RECONNECTS, STREAMS_ENDED, VIEWERS
+
 log = logging.getLogger(__name__)
 
 # How often the listener checks its connection when no message arrives, and
@@ -40,6 +42,7 @@ class Frame:
     version: int
     sse: bytes  # "id: <version>\ndata: {...}\n\n"
     snapshot: bytes  # the GET /leaderboard body
+    published_at: float  # Redis time of the PUBLISH, seconds
 
     @classmethod
     def from_message(cls, raw: str | bytes) -> Frame:
@@ -57,7 +60,12 @@ class Frame:
             },
             separators=(",", ":"),
         )
-        return cls(version=version, sse=f"id: {version}\ndata: {data}\n\n".encode(), snapshot=snapshot.encode())
+        return cls(
+            version=version,
+            sse=f"id: {version}\ndata: {data}\n\n".encode(),
+            snapshot=snapshot.encode(),
+            published_at=float(message["ts"]),
+        )
 
 
 class BoardHub:
@@ -83,7 +91,8 @@ class BoardHub:
         self._viewers_by_ip: dict[str, int] = {}
         self.draining = False
         self.connected = False
-        self.stats = {"reconnects": 0, "frames": 0, "refused": 0, "streams": 0}
+        self.stats = {"reconnects": 0, "frames": 0, "refused": 0, "streams": 0, "frames_sent": 0}
+        self._frames_sent_reported = 0
         self._changed = Event()
         self._listener: gevent.Greenlet[Any] | None = None
         self._stopping = False
@@ -127,14 +136,17 @@ class BoardHub:
         from_ip = self._viewers_by_ip.get(ip, 0)
         if self.draining or self.viewers >= self.max_viewers or from_ip >= self.max_viewers_per_ip:
             self.stats["refused"] += 1
+            STREAMS_ENDED.labels("refused").inc()
             return False
         self.viewers += 1
+        VIEWERS.inc()
         self._viewers_by_ip[ip] = from_ip + 1
         self.stats["streams"] += 1
         return True
 
     def leave(self, ip: str = "") -> None:
         self.viewers -= 1
+        VIEWERS.dec()
         remaining = self._viewers_by_ip.pop(ip, 1) - 1
         if remaining:
             self._viewers_by_ip[ip] = remaining
@@ -164,11 +176,13 @@ class BoardHub:
                 self._listen_once()
             except (redis.RedisError, OSError) as exc:
                 self.stats["reconnects"] += 1
+                HUB_RECONNECTS.inc()
                 log.warning("board hub lost Redis (%s); reconnecting in %.1fs", exc.__class__.__name__, delay)
             except Exception:
                 # Loading the board can fail in other ways (the database, when
                 # it must be rebuilt); the listener must outlive all of them.
                 self.stats["reconnects"] += 1
+                HUB_RECONNECTS.inc()
                 log.exception("board hub failed; restarting in %.1fs", delay)
             finally:
                 self.connected = False
@@ -186,6 +200,7 @@ class BoardHub:
             last_heard = last_ping = time.monotonic()
             while not self._stopping:
                 message = pubsub.get_message(timeout=1.0)
+                self.report_frames_sent()
                 now = time.monotonic()
                 if message is not None:
                     last_heard = now
@@ -198,6 +213,17 @@ class BoardHub:
                     last_ping = now
         finally:
             pubsub.close()
+
+    def report_frames_sent(self) -> None:
+        """Hand the frames counted since the last call to the metric.
+
+        Viewers count into a plain int (each frame to each viewer would
+        otherwise be a write to the shared metrics file); this adds it up.
+        """
+        sent = self.stats["frames_sent"]
+        if sent > self._frames_sent_reported:
+            FRAMES_SENT.inc(sent - self._frames_sent_reported)
+            self._frames_sent_reported = sent
 
     def _on_message(self, data: str | bytes) -> None:
         try:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import gevent
 
 from app.board.hub import BoardHub
+from app.metrics import PUBLISH_TO_SEND_SECONDS, STREAMS_ENDED
 
 HEARTBEAT = b": ping\n\n"
 
@@ -95,14 +96,22 @@ def stream_board(
     if not hub.join(client_ip):
         yield come_back_later(options)
         return
+    # About one stream in a hundred times its frames from PUBLISH to written.
+    sampled = hub.stats["streams"] % 100 == 1
+    ended = "dropped"  # unless we learn otherwise: the server closed us after a failed write
     try:
         with ended_when_client_leaves(client):
-            yield from _frames(hub, options, last_event_id)
+            yield from _frames(hub, options, last_event_id, sampled)
+        ended = "draining"
+    except ClientGone:
+        ended = "client_gone"
+        raise
     finally:
         hub.leave(client_ip)
+        STREAMS_ENDED.labels(ended).inc()
 
 
-def _frames(hub: BoardHub, options: StreamOptions, last_event_id: int | None) -> Iterator[bytes]:
+def _frames(hub: BoardHub, options: StreamOptions, last_event_id: int | None, sampled: bool) -> Iterator[bytes]:
     current = hub.latest
     sent = last_event_id if current is not None and last_event_id == current.version else 0
     yield retry_hint(options.retry_ms)
@@ -116,6 +125,9 @@ def _frames(hub: BoardHub, options: StreamOptions, last_event_id: int | None) ->
                 hub.wait_for_change(last_sent + options.coalesce_seconds - now)
                 continue
             yield frame.sse
+            hub.stats["frames_sent"] += 1
+            if sampled:
+                PUBLISH_TO_SEND_SECONDS.observe(max(0.0, time.time() - frame.published_at))
             sent, last_sent = frame.version, time.monotonic()
             next_heartbeat = last_sent + options.heartbeat_seconds
         elif now >= next_heartbeat:

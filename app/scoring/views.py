@@ -2,15 +2,36 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, current_app, jsonify, request
+import time
+
+from flask import Blueprint, Response, current_app, g, jsonify, request
 from flask_jwt_extended import jwt_required
 
 from app.auth import current_user_id
 from app.extensions import db, limiter
 from app.leaderboard import BoardCache, submit_score
+from app.metrics import SUBMISSIONS, WRITE_SECONDS
 from app.scoring.schemas import check_content_type, parse_idempotency_key, parse_json, parse_score, read_body
 
 bp = Blueprint("scoring", __name__)
+
+
+@bp.before_request
+def start_timer() -> None:
+    g.started = time.perf_counter()
+
+
+@bp.after_request
+def record_submission(response: Response) -> Response:
+    """Every answer of POST /score, by outcome, and how long it took."""
+    if request.endpoint == "scoring.post_score" and "started" in g:
+        if response.status_code == 200:
+            outcome = "replayed" if response.headers.get("Idempotent-Replayed") else "ok"
+        else:
+            outcome = (response.get_json(silent=True) or {}).get("error", {}).get("code", str(response.status_code))
+        SUBMISSIONS.labels(outcome).inc()
+        WRITE_SECONDS.observe(time.perf_counter() - g.started)
+    return response
 
 
 def _per_user_limit() -> str:
