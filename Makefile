@@ -41,7 +41,10 @@ migrate: $(STAMP) ## Apply database migrations (DATABASE_URL, default SQLite)
 token: $(STAMP) ## Print a token: make token USER_ID=alice [EXPIRES=1h]
 	@$(VENV)/bin/flask --app wsgi_increment token $(or $(USER_ID),alice) --expires $(or $(EXPIRES),1h)
 
+demo: $(STAMP) ## Start both services with a score generator; open the board page it prints
+	scripts/demo.sh
+
 clean: ## Remove the virtualenv, caches and the local SQLite database
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache instance .run
 
-.PHONY: help install run test lint format migrate token clean
+.PHONY: help install run demo test lint format migrate token clean

@@ -131,10 +131,13 @@ def post_worker_init(worker):
         from psycogreen.gevent import patch_psycopg
 
         patch_psycopg()
-        # Reconcile Redis with SQL from the start, not from the first request.
-        keeper = getattr(worker.wsgi, "extensions", {}).get("board_keeper")
-        if keeper is not None:
-            keeper.start()
+        # Start the background greenlets now, not at the first request: Redis
+        # is reconciled with SQL from the start, and a board worker holds its
+        # one subscription (and the board) before the first viewer comes.
+        extensions = getattr(worker.wsgi, "extensions", {})
+        for name in ("board_keeper", "board_hub"):
+            if name in extensions:
+                extensions[name].start()
     _drain_streams_on_sigterm(worker)
 
 

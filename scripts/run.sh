@@ -30,7 +30,7 @@ done
 cat <<MSG
 
   Increment Service  http://$HOST:$INCREMENT_PORT   (POST /score)
-  View Board Service http://$HOST:$BOARD_PORT   (GET /events, /leaderboard)
+  View Board Service http://$HOST:$BOARD_PORT   (the live board page; GET /events, /leaderboard)
 
   Mint a token:  .venv/bin/flask --app wsgi_increment token alice
   Stop with Ctrl-C.

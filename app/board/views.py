@@ -1,4 +1,4 @@
-"""The View Board Service: the live stream, the snapshot and a user's rank."""
+"""The View Board Service: the live stream, the snapshot, a user's rank and the board page."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import os
 
 import greenlet
 import redis
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, jsonify, render_template, request
 from flask_jwt_extended import verify_jwt_in_request
 from gevent import monkey
 from sqlalchemy.exc import SQLAlchemyError
@@ -20,13 +20,18 @@ from app.errors import NotFound, ServiceUnavailable
 from app.extensions import db
 from app.leaderboard import BoardCache, user_standing
 
-bp = Blueprint("board", __name__)
+# The page's script and stylesheet are files served by us: no build step, no
+# CDN, and a Content-Security-Policy that allows no inline code.
+bp = Blueprint("board", __name__, static_folder="static", static_url_path="/assets", template_folder="templates")
 
 SSE_HEADERS = {
     "Cache-Control": "no-cache",
     # nginx and similar proxies: pass each frame on at once.
     "X-Accel-Buffering": "no",
 }
+
+PAGE_TITLE_MAX_LENGTH = 120
+PAGE_THEMES = ("light", "dark")
 
 
 def board_hub() -> BoardHub:
@@ -38,8 +43,32 @@ def board_hub() -> BoardHub:
 
 @bp.before_request
 def require_token_when_configured() -> None:
-    if current_app.extensions["settings"].board_require_auth and request.endpoint not in (None, "board.page"):
+    # The page and its files are public: only the board's data needs the token.
+    public = (None, "board.page", "board.static")
+    if current_app.extensions["settings"].board_require_auth and request.endpoint not in public:
         verify_jwt_in_request()
+
+
+@bp.get("/")
+def page() -> Response:
+    """The embeddable live board: `?n=` rows (at most TOP_N), `?title=` heading, `?theme=light|dark`."""
+    settings = current_app.extensions["settings"]
+    rows = request.args.get("n", type=int)
+    title = request.args.get("title", "").strip()[:PAGE_TITLE_MAX_LENGTH] or "Leaderboard"
+    theme = request.args.get("theme", "")
+    html = render_template(
+        "board/page.html",
+        title=title,  # autoescaped by Jinja: a title is only ever text
+        rows=min(rows, settings.top_n) if rows and rows > 0 else settings.top_n,
+        theme=theme if theme in PAGE_THEMES else "auto",
+    )
+    csp = (
+        "default-src 'self'; base-uri 'none'; form-action 'none'; object-src 'none'; "
+        f"frame-ancestors {settings.board_frame_ancestors}"
+    )
+    # No X-Frame-Options: it cannot name the parent origins, and frame-ancestors replaces it.
+    headers = {"Content-Security-Policy": csp, "X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"}
+    return Response(html, mimetype="text/html", headers=headers)
 
 
 @bp.get("/events")
