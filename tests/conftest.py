@@ -28,7 +28,7 @@ from flask_migrate import upgrade
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 
-from app import create_increment_app
+from app import create_board_app, create_increment_app
 from app.leaderboard import BoardKeys
 from config.settings import Settings, normalize_database_url
 
@@ -143,11 +143,12 @@ def _wipe(engine: Engine, client: redis.Redis, board: str) -> None:
 
 @pytest.fixture
 def make_app(make_settings: Callable[..., Settings], engine: Engine) -> Iterator[Callable[..., Flask]]:
-    """Build an Increment Service app with settings overrides; disposed afterwards."""
+    """Build an app (`service="increment"` or `"board"`) with settings overrides; disposed afterwards."""
     apps: list[Flask] = []
 
-    def build(**overrides: str) -> Flask:
-        app = create_increment_app(make_settings(**overrides))
+    def build(service: str = "increment", **overrides: str) -> Flask:
+        factory = create_increment_app if service == "increment" else create_board_app
+        app = factory(make_settings(**overrides))
         apps.append(app)
         return app
 

@@ -11,22 +11,13 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import psycopg2
 import redis
 
+from tests.conftest import wait_until
 from tests.servers import free_port
-
-
-def _wait(predicate: object, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return True
-        time.sleep(0.05)
-    return bool(predicate())  # type: ignore[operator]
 
 
 class PrivateRedis:
@@ -47,7 +38,7 @@ class PrivateRedis:
             stdout=subprocess.DEVNULL,
         )  # fmt: skip
         client = redis.Redis(port=self.port)
-        assert _wait(lambda: _redis_answers(client), timeout=10), "redis-server did not start"
+        assert wait_until(lambda: _redis_answers(client), timeout=10), "redis-server did not start"
         client.close()
         return self
 
@@ -104,7 +95,7 @@ class PrivatePostgres:
     def start(self) -> PrivatePostgres:
         options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.root} -c fsync=off"
         self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-o", options, "-l", str(self.root / "log"), "start")
-        assert _wait(self._answers, timeout=20), "PostgreSQL did not start"
+        assert wait_until(self._answers, timeout=20), "PostgreSQL did not start"
         return self
 
     def stop(self) -> None:

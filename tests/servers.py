@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -22,6 +23,17 @@ def service_env(overrides: dict[str, str]) -> dict[str, str]:
     (and .env) of the developer's shell, plus `overrides`."""
     inherited = {k: v for k, v in os.environ.items() if k not in VARIABLES}
     return {**inherited, "FLASK_SKIP_DOTENV": "1", **overrides}
+
+
+def flask_db_upgrade(env: dict[str, str]) -> None:
+    """Migrate the database `env` names, as an operator does: `flask --app wsgi_increment db upgrade`."""
+    subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "wsgi_increment", "db", "upgrade"],
+        cwd=ROOT,
+        env=service_env(env),
+        check=True,
+        capture_output=True,
+    )
 
 
 def free_port() -> int:
@@ -80,6 +92,12 @@ class GunicornServer:
                 self.process.wait()
         self._log_file.close()
         return self.process.returncode
+
+    def metric(self, name: str, labels: str = "") -> float:
+        """One sample of the instance's /metrics, pooled over its workers (0 when absent)."""
+        body = requests.get(f"{self.url}/metrics", timeout=10).text
+        found = re.search(rf"^{re.escape(name)}{re.escape(labels)} (\S+)$", body, flags=re.MULTILINE)
+        return float(found.group(1)) if found else 0.0
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

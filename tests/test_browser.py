@@ -23,8 +23,6 @@ import requests
 from flask import Flask
 from playwright.sync_api import Browser, ConsoleMessage, Frame, Locator, Page, expect, sync_playwright
 
-from app import create_board_app
-from config.settings import Settings
 from tests.conftest import auth
 from tests.servers import ROOT, GunicornServer
 
@@ -300,28 +298,10 @@ def test_the_title_is_text_n_limits_the_rows_and_theme_forces_dark(
 # -- headers, without a browser ----------------------------------------------
 
 
-@pytest.fixture
-def make_board_app(make_settings: Callable[..., Settings], engine: Any) -> Iterator[Callable[..., Flask]]:
-    apps: list[Flask] = []
-
-    def build(**overrides: str) -> Flask:
-        app = create_board_app(make_settings(**overrides))
-        apps.append(app)
-        return app
-
-    yield build
-    for app in apps:
-        with app.app_context():
-            from app.extensions import db
-
-            db.engine.dispose()
-        app.extensions["redis"].close()
-
-
 def test_the_page_may_be_framed_by_self_by_default_and_sends_no_x_frame_options(
-    make_board_app: Callable[..., Flask],
+    make_app: Callable[..., Flask],
 ) -> None:
-    response = make_board_app().test_client().get("/")
+    response = make_app(service="board").test_client().get("/")
     assert response.status_code == 200
     assert response.mimetype == "text/html"
     policy = [directive.strip() for directive in response.headers["Content-Security-Policy"].split(";")]
@@ -330,16 +310,16 @@ def test_the_page_may_be_framed_by_self_by_default_and_sends_no_x_frame_options(
     assert "X-Frame-Options" not in response.headers
 
 
-def test_frame_ancestors_comes_from_the_setting(make_board_app: Callable[..., Flask]) -> None:
-    app = make_board_app(BOARD_FRAME_ANCESTORS="self https://dash.example.com")
+def test_frame_ancestors_comes_from_the_setting(make_app: Callable[..., Flask]) -> None:
+    app = make_app(service="board", BOARD_FRAME_ANCESTORS="self https://dash.example.com")
     policy = app.test_client().get("/").headers["Content-Security-Policy"]
     assert "frame-ancestors 'self' https://dash.example.com" in policy
 
 
 def test_the_page_and_its_files_stay_public_when_the_board_requires_a_token(
-    make_board_app: Callable[..., Flask],
+    make_app: Callable[..., Flask],
 ) -> None:
-    client = make_board_app(BOARD_REQUIRE_AUTH="true").test_client()
+    client = make_app(service="board", BOARD_REQUIRE_AUTH="true").test_client()
     assert client.get("/").status_code == 200
     with client.get("/assets/board.js") as script, client.get("/assets/board.css") as style:
         assert (script.status_code, script.mimetype) == (200, "text/javascript")

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -17,8 +15,9 @@ import redis
 import requests
 
 from app.leaderboard import BoardKeys
-from tests.conftest import auth, make_token
-from tests.servers import GunicornServer, free_port
+from tests.conftest import auth, make_token, wait_until
+from tests.private_servers import PrivateRedis
+from tests.servers import GunicornServer
 from tests.sse_client import Swarm, Viewer
 
 pytestmark = pytest.mark.e2e
@@ -215,6 +214,8 @@ def test_a_viewer_that_stops_reading_is_dropped_without_delaying_others(
         received += len(chunk)
     assert received < 7_000_000
     assert stats(board)["viewers"] == 20
+    assert board.metric("leaderboard_streams_ended_total", '{reason="dropped"}') == 1
+    assert board.metric("leaderboard_viewers") == 20
     assert _rss_kb(worker) - rss_before < 30_000, "the worker's memory grew with the stuck viewer"
     readers.close()
     stuck.close()
@@ -239,25 +240,16 @@ def test_1000_connect_disconnect_cycles_leak_nothing(
         assert swarm.wait_until(lambda s=swarm: all(v.frames for v in s.viewers), timeout=10), f"batch {batch}"
         swarm.close()
 
-    assert _wait(lambda: stats(board)["viewers"] == 0, timeout=10)
+    assert wait_until(lambda: stats(board)["viewers"] == 0, timeout=10)
     after = stats(board, greenlets="1")
     assert after["streams"] - before["streams"] == 1000
     assert after["greenlets"] <= before["greenlets"] + 2
-    assert _wait(lambda: len(os.listdir(f"/proc/{worker}/fd")) <= fds_before + 2, timeout=10)
+    assert wait_until(lambda: len(os.listdir(f"/proc/{worker}/fd")) <= fds_before + 2, timeout=10)
     assert _redis_clients(redis_conn, worker) == redis_before
 
 
 def _redis_clients(client: redis.Redis, pid: int) -> int:
     return sum(1 for c in client.client_list() if c.get("name") == f"board-{pid}")
-
-
-def _wait(predicate: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return predicate()
 
 
 def test_one_pubsub_connection_per_worker_whatever_the_viewers(
@@ -269,7 +261,7 @@ def test_one_pubsub_connection_per_worker_whatever_the_viewers(
     assert swarm.wait_until(lambda: all(v.frames for v in swarm.viewers), timeout=15)
     # Both workers got viewers, and each holds exactly one subscription.
     pids = {stats(board)["pid"] for _ in range(20)}
-    assert _wait(lambda: redis_conn.pubsub_numsub(channel) == [(channel, 2)], timeout=10)
+    assert wait_until(lambda: redis_conn.pubsub_numsub(channel) == [(channel, 2)], timeout=10)
     for pid in pids:
         subscribed = [c for c in redis_conn.client_list() if c.get("name") == f"board-{pid}" and c["sub"] != "0"]
         assert len(subscribed) == 1
@@ -305,7 +297,7 @@ def test_one_address_over_its_stream_cap_is_told_to_come_back(
     assert extra.wait_until(lambda: extra.viewers[0].closed, timeout=5)
     assert [e.retry is not None for e in extra.viewers[0].events] == [True]
     admitted.viewers[0].close()
-    assert _wait(lambda: stats(board)["viewers"] == 1, timeout=5)
+    assert wait_until(lambda: stats(board)["viewers"] == 1, timeout=5)
     again = Swarm([Viewer(f"{board.url}/events")])
     assert again.wait_until(lambda: bool(again.viewers[0].frames), timeout=5)
     admitted.close()
@@ -400,45 +392,10 @@ def test_snapshot_and_exact_ranks_outside_the_top_n(
 # -- Redis really going away -------------------------------------------------
 
 
-class PrivateRedis:
-    """A redis-server of this test's own, which it can stop and start again."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.port = free_port()
-        self.workdir = workdir
-        self.process: subprocess.Popen[bytes] | None = None
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        binary = shutil.which("redis-server")
-        assert binary, "redis-server is needed (scripts/ensure-services.sh installs it)"
-        self.process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.workdir)],
-            stdout=subprocess.DEVNULL,
-        )  # fmt: skip
-        client = redis.Redis(port=self.port)
-        assert _wait(lambda: _answers(client), timeout=10)
-        client.close()
-
-    def stop(self) -> None:
-        assert self.process is not None
-        self.process.kill()  # as abrupt as a crash: nothing is saved
-        self.process.wait()
-
-
-def _answers(client: redis.Redis) -> bool:
-    try:
-        return bool(client.ping())
-    except redis.ConnectionError:
-        return False
-
-
 def test_viewers_stay_connected_through_a_redis_restart_and_get_the_fresh_board(
     tmp_path: Path, base_env: dict[str, str], engine: Any, migrated: None
 ) -> None:
-    private = PrivateRedis(tmp_path)
-    private.start()
+    private = PrivateRedis(tmp_path).start()
     env = {**base_env, "REDIS_URL": private.url, "SSE_HEARTBEAT_SECONDS": "0.5"}
     increment = GunicornServer("wsgi_increment", env, workers=1).start()
     board = GunicornServer("wsgi_board", env, workers=1).start()
@@ -462,6 +419,10 @@ def test_viewers_stay_connected_through_a_redis_restart_and_get_the_fresh_board(
         assert time.monotonic() - back < 5
         assert all(v.versions[-1] > before for v in swarm.viewers)
         assert all(v.versions == sorted(set(v.versions)) for v in swarm.viewers)
+        assert board.metric("leaderboard_hub_reconnects_total") >= 1
+        # Whichever service noticed first rebuilt the board from SQL.
+        rebuilds = [server.metric("leaderboard_rebuilds_total", '{reason="missing"}') for server in (board, increment)]
+        assert sum(rebuilds) >= 1
         swarm.close()
     finally:
         board.stop()

@@ -8,8 +8,6 @@ servers are never touched.
 from __future__ import annotations
 
 import random
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -25,7 +23,7 @@ from app.leaderboard import BoardKeys
 from config.settings import normalize_database_url
 from tests.conftest import auth, wait_until
 from tests.private_servers import PrivatePostgres, PrivateRedis
-from tests.servers import ROOT, GunicornServer, service_env
+from tests.servers import GunicornServer, flask_db_upgrade
 from tests.sse_client import Swarm
 
 pytestmark = pytest.mark.e2e
@@ -87,13 +85,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, base_env: dict[str, str]) ->
         "SSE_HEARTBEAT_SECONDS": "0.5",
         "SSE_RETRY_MS": "500",
     }
-    subprocess.run(
-        [sys.executable, "-m", "flask", "--app", "wsgi_increment", "db", "upgrade"],
-        cwd=ROOT,
-        env=service_env(env),
-        check=True,
-        capture_output=True,
-    )
+    flask_db_upgrade(env)
     increment = GunicornServer("wsgi_increment", env, workers=2).start()
     board = GunicornServer("wsgi_board", env, workers=1).start()
     engine = create_engine(normalize_database_url(postgres.url), pool_pre_ping=True)

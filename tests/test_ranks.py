@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import random
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from datetime import datetime, timedelta
@@ -18,7 +16,7 @@ from sqlalchemy.orm import Session
 from app.keeper import BoardKeeper
 from app.leaderboard import Board, BoardCache
 from app.ranks import COMPACT_AT_BACKLOG, compact_rank_index, exact_rank, rank_backlog
-from tests.servers import ROOT, service_env
+from tests.servers import flask_db_upgrade
 
 T0 = datetime(2026, 3, 1)
 
@@ -30,13 +28,7 @@ def any_engine(request: pytest.FixtureRequest, tmp_path: Path, base_env: dict[st
         yield request.getfixturevalue("engine")
         return
     url = f"sqlite:///{tmp_path / 'ranks.db'}"
-    subprocess.run(
-        [sys.executable, "-m", "flask", "--app", "wsgi_increment", "db", "upgrade"],
-        cwd=ROOT,
-        env=service_env({**base_env, "DATABASE_URL": url}),
-        check=True,
-        capture_output=True,
-    )
+    flask_db_upgrade({**base_env, "DATABASE_URL": url})
     engine = create_engine(url)
     yield engine
     engine.dispose()

@@ -9,7 +9,6 @@ log line is JSON carrying the request id.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -21,7 +20,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
 from app.leaderboard import BoardKeys
-from tests.conftest import auth
+from tests.conftest import auth, wait_until
 from tests.servers import GunicornServer
 from tests.sse_client import Swarm
 
@@ -45,14 +44,6 @@ def fleet(base_env: dict[str, str], engine: Engine) -> Iterator[dict[str, list[G
             server.stop()
 
 
-def metric(server: GunicornServer, name: str, labels: str = "") -> float:
-    """One sample of /metrics, summed over every worker of that instance (0 when absent)."""
-    body = requests.get(f"{server.url}/metrics", timeout=10).text
-    pattern = rf"^{re.escape(name)}{re.escape(labels)} (\S+)$"
-    found = re.search(pattern, body, flags=re.MULTILINE)
-    return float(found.group(1)) if found else 0.0
-
-
 def test_two_of_each_service_serve_one_board(
     fleet: dict[str, list[GunicornServer]],
     engine: Engine,
@@ -65,7 +56,7 @@ def test_two_of_each_service_serve_one_board(
     for swarm in viewers:
         assert swarm.wait_until(lambda s=swarm: all(v.frames for v in s.viewers), timeout=15)
     before = {
-        name: sum(metric(s, name, '{outcome="ok"}') for s in increments) for name in ["leaderboard_submissions_total"]
+        name: sum(s.metric(name, '{outcome="ok"}') for s in increments) for name in ["leaderboard_submissions_total"]
     }
 
     def submit(i: int) -> dict[str, Any]:
@@ -96,20 +87,20 @@ def test_two_of_each_service_serve_one_board(
     assert redis_conn.pubsub_numsub(channel) == [(channel, 4)]
 
     # The metrics moved, on both instances of each service.
-    accepted = [metric(s, "leaderboard_submissions_total", '{outcome="ok"}') for s in increments]
+    accepted = [s.metric("leaderboard_submissions_total", '{outcome="ok"}') for s in increments]
     assert sum(accepted) - before["leaderboard_submissions_total"] == 300
     assert all(count >= 100 for count in accepted)
-    assert all(metric(s, "leaderboard_write_seconds_count") >= 100 for s in increments)
-    assert all(metric(s, "leaderboard_redis_script_seconds_count", '{mode="write"}') >= 100 for s in increments)
+    assert all(s.metric("leaderboard_write_seconds_count") >= 100 for s in increments)
+    assert all(s.metric("leaderboard_redis_script_seconds_count", '{mode="write"}') >= 100 for s in increments)
     for board in boards:
-        assert metric(board, "leaderboard_viewers") == 50
-        assert metric(board, "leaderboard_frames_sent_total") >= 50
-        assert metric(board, "leaderboard_publish_to_send_seconds_count") >= 1
+        assert board.metric("leaderboard_viewers") == 50
+        assert board.metric("leaderboard_frames_sent_total") >= 50
+        assert board.metric("leaderboard_publish_to_send_seconds_count") >= 1
         assert "leaderboard_hub_reconnects_total" in requests.get(f"{board.url}/metrics", timeout=10).text
     for swarm in viewers:
         swarm.close()
     for board in boards:
-        assert _eventually(lambda b=board: metric(b, "leaderboard_streams_ended_total", '{reason="client_gone"}') == 50)
+        assert wait_until(lambda b=board: b.metric("leaderboard_streams_ended_total", '{reason="client_gone"}') == 50)
 
     # Every log line of every instance is JSON; access lines carry the request id.
     for server in increments:
@@ -118,14 +109,3 @@ def test_two_of_each_service_serve_one_board(
         access = [line for line in lines if line["logger"] == "gunicorn.access" and line["path"] == "/score"]
         assert len(access) >= 100
         assert all(line["request_id"].startswith("scale-out-") for line in access)
-
-
-def _eventually(predicate: Any, timeout: float = 5.0) -> bool:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return bool(predicate())

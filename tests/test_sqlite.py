@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +16,7 @@ from app import create_increment_app
 from app.leaderboard import BoardKeys
 from config.settings import Settings
 from tests.conftest import auth
-from tests.servers import ROOT, GunicornServer, service_env
+from tests.servers import ROOT, GunicornServer, flask_db_upgrade
 
 
 @pytest.fixture
@@ -26,13 +24,7 @@ def sqlite_env(tmp_path: Path, base_env: dict[str, str], redis_conn: redis.Redis
     board = base_env["LEADERBOARD_ID"] + "sqlite"
     env = {**base_env, "DATABASE_URL": f"sqlite:///{tmp_path / 'leaderboard.db'}", "LEADERBOARD_ID": board}
     redis_conn.delete(*BoardKeys.for_board(board).as_list())
-    subprocess.run(
-        [sys.executable, "-m", "flask", "--app", "wsgi_increment", "db", "upgrade"],
-        cwd=ROOT,
-        env=service_env(env),
-        check=True,
-        capture_output=True,
-    )
+    flask_db_upgrade(env)
     yield env
     redis_conn.delete(*BoardKeys.for_board(board).as_list())
 
