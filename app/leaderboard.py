@@ -17,13 +17,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import redis
-from sqlalchemy import DateTime, Row, func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.compiler import compiles
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
-from sqlalchemy.sql.compiler import SQLCompiler
-from sqlalchemy.sql.functions import FunctionElement
 
+from app import submissions
 from app.metrics import REBUILDS, REDIS_SCRIPT_SECONDS
 from app.models import IdempotencyKey, Score
 from app.ranks import exact_rank
@@ -39,7 +36,6 @@ def utc_now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
-IDEMPOTENCY_TTL = timedelta(hours=24)
 # Width of the zero-padded microsecond timestamp that starts a Redis member.
 REACHED_WIDTH = 17
 
@@ -290,65 +286,6 @@ class BoardCache:
 # -- SQL ---------------------------------------------------------------------
 
 
-class db_now(FunctionElement[datetime]):
-    """The database's current UTC time, with the finest precision it offers."""
-
-    type = DateTime()
-    inherit_cache = True
-
-
-@compiles(db_now)
-def _db_now_default(element: db_now, compiler: SQLCompiler, **kw: Any) -> str:
-    return "CURRENT_TIMESTAMP"
-
-
-@compiles(db_now, "postgresql")
-def _db_now_postgresql(element: db_now, compiler: SQLCompiler, **kw: Any) -> str:
-    # clock_timestamp(), not now(): the time of this statement, after any
-    # lock wait, not the start of the transaction.
-    return "(clock_timestamp() AT TIME ZONE 'UTC')"
-
-
-@compiles(db_now, "sqlite")
-def _db_now_sqlite(element: db_now, compiler: SQLCompiler, **kw: Any) -> str:
-    # Milliseconds, padded to the six digits SQLAlchemy stores, so stored
-    # values compare correctly as text.
-    return "strftime('%Y-%m-%d %H:%M:%f000', 'now')"
-
-
-def _insert(session: Session) -> Any:
-    """The dialect's INSERT, which knows ON CONFLICT (PostgreSQL and SQLite)."""
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        return postgresql.insert
-    if dialect == "sqlite":
-        return sqlite.insert
-    raise RuntimeError(f"unsupported database dialect: {dialect}")
-
-
-def add_to_total(session: Session, board: Board, user_id: str, increment: int) -> Standing:
-    """Add `increment` to the user's total in one atomic statement.
-
-    Concurrent calls for one user serialise on the row, so no increment is
-    lost. Raises TotalLimitExceeded, changing nothing, past `board.max_total`.
-    """
-    if increment > board.max_total:
-        raise TotalLimitExceeded
-    table = Score.__table__
-    stmt = _insert(session)(table).values(
-        board=board.name, user_id=user_id, total=increment, reached_at=db_now(), version=1
-    )
-    stmt = stmt.on_conflict_do_update(
-        index_elements=[table.c.board, table.c.user_id],
-        set_={"total": table.c.total + stmt.excluded.total, "reached_at": db_now(), "version": table.c.version + 1},
-        where=table.c.total + stmt.excluded.total <= board.max_total,
-    ).returning(table.c.total, table.c.reached_at, table.c.rank_key)
-    row = session.execute(stmt).one_or_none()
-    if row is None:
-        raise TotalLimitExceeded
-    return Standing(user_id=user_id, total=row.total, reached_at=row.reached_at, rank_key=row.rank_key)
-
-
 def top_standings(session: Session, board: Board) -> list[Standing]:
     """The board's top N from SQL, in RANK_ORDER."""
     rows = session.execute(
@@ -371,71 +308,11 @@ def user_standing(session: Session, board: Board, user_id: str) -> tuple[Standin
     return standing, exact_rank(session, board.name, row.rank_key)
 
 
-def top_rank(session: Session, board: Board, standing: Standing) -> int | None:
-    """The 1-based rank of `standing` if it is in the top N, else None.
-
-    Counts at most N rows ahead, so it costs the same on any board size.
-    """
-    ahead = (
-        select(Score.user_id)
-        .where(Score.board == board.name, Score.rank_key < standing.rank_key)
-        .limit(board.top_n)
-        .subquery()
-    )
-    count = session.execute(select(func.count()).select_from(ahead)).scalar_one()
-    return int(count) + 1 if count < board.top_n else None
-
-
-# -- Idempotency -------------------------------------------------------------
-
-
-def _claim_idempotency_key(session: Session, board: Board, user_id: str, key: str, increment: int) -> bool:
-    """Record the key in the current transaction; False when a live one exists.
-
-    On PostgreSQL a concurrent claim of the same key waits here for the first
-    transaction to end, so exactly one of them goes on to add the score.
-    """
-    now = utc_now()
-    table = IdempotencyKey.__table__
-    stmt = _insert(session)(table).values(
-        board=board.name, user_id=user_id, key=key, increment=increment, response=None, created_at=now
-    )
-    stmt = stmt.on_conflict_do_update(
-        index_elements=[table.c.board, table.c.user_id, table.c.key],
-        set_={"increment": stmt.excluded.increment, "response": None, "created_at": now},
-        where=table.c.created_at < now - IDEMPOTENCY_TTL,
-    ).returning(table.c.key)
-    return session.execute(stmt).first() is not None
-
-
-def _idempotency_record(session: Session, board: Board, user_id: str, key: str) -> Row[Any] | None:
-    return session.execute(
-        select(IdempotencyKey.increment, IdempotencyKey.response).where(
-            IdempotencyKey.board == board.name, IdempotencyKey.user_id == user_id, IdempotencyKey.key == key
-        )
-    ).one_or_none()
-
-
-def _replay(record: Row[Any], increment: int) -> Submission:
-    if record.increment != increment:
-        raise IdempotencyKeyReused
-    response = record.response
-    return Submission(user_id=response["userId"], total=response["score"], rank=response["rank"], replayed=True)
-
-
-def prune_idempotency_keys(session: Session, now: datetime | None = None) -> int:
-    """Delete keys older than the 24 h replay window; returns how many."""
-    cutoff = (now or utc_now()) - IDEMPOTENCY_TTL
-    result = session.execute(IdempotencyKey.__table__.delete().where(IdempotencyKey.created_at < cutoff))
-    session.commit()
-    return int(result.rowcount)  # type: ignore[attr-defined]
-
-
 # -- The write path ----------------------------------------------------------
 
 
 def submit_score(
-    session: Session,
+    engine: Engine,
     cache: BoardCache,
     user_id: str,
     increment: int,
@@ -444,43 +321,50 @@ def submit_score(
     """Add `increment` to the user's total in SQL, then update the cached board.
 
     The SQL commit is the point of acceptance: the answer (new total and rank,
-    both from SQL) is decided in that transaction, and with an
-    `idempotency_key` it is stored there too, so a repeat within 24 h gets
-    exactly that answer and adds nothing. Redis is updated after the commit;
-    if that fails the score stays recorded and the cache is rebuilt later.
+    both from SQL) is decided there, and with an `idempotency_key` it is
+    stored in the same transaction, so a repeat within 24 h gets exactly that
+    answer and adds nothing. Redis is updated after the commit; if that fails
+    the score stays recorded and the cache is rebuilt later (app.keeper).
+    Raises TotalLimitExceeded or IdempotencyKeyReused, changing nothing.
     """
     board = cache.board
+    if increment > board.max_total:
+        raise TotalLimitExceeded
     try:
-        if idempotency_key is not None and not _claim_idempotency_key(
-            session, board, user_id, idempotency_key, increment
-        ):
-            record = _idempotency_record(session, board, user_id, idempotency_key)
-            session.rollback()
-            if record is None:  # pruned between the claim and the read: claim again
-                return submit_score(session, cache, user_id, increment, idempotency_key)
-            return _replay(record, increment)
-        standing = add_to_total(session, board, user_id, increment)
-        submission = Submission(user_id=user_id, total=standing.total, rank=top_rank(session, board, standing))
-        if idempotency_key is not None:
-            session.execute(_idempotency_update(board, user_id, idempotency_key, response=submission.as_json()))
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-
-    publish_standing(session, cache, standing)
-    return submission
-
-
-def _idempotency_update(board: Board, user_id: str, key: str, **values: Any) -> Any:
-    return (
-        update(IdempotencyKey)
-        .where(IdempotencyKey.board == board.name, IdempotencyKey.user_id == user_id, IdempotencyKey.key == key)
-        .values(**values)
-    )
+        outcome = submissions.record(
+            engine,
+            board=board.name,
+            user_id=user_id,
+            increment=increment,
+            max_total=board.max_total,
+            top_n=board.top_n,
+            key=idempotency_key,
+            answer=lambda recorded: Submission(user_id, recorded.total, recorded.rank).as_json(),
+            now=utc_now(),
+        )
+    except submissions.TotalTooLarge:
+        raise TotalLimitExceeded from None
+    if outcome is None:  # the key's record was pruned between claim and read: claim again
+        return submit_score(engine, cache, user_id, increment, idempotency_key)
+    if isinstance(outcome, submissions.Replayed):
+        if outcome.increment != increment:
+            raise IdempotencyKeyReused
+        answer = outcome.answer
+        return Submission(user_id=answer["userId"], total=answer["score"], rank=answer["rank"], replayed=True)
+    standing = Standing(user_id, outcome.total, outcome.reached_at, outcome.rank_key)
+    publish_standing(engine, cache, standing)
+    return Submission(user_id=user_id, total=outcome.total, rank=outcome.rank)
 
 
-def publish_standing(session: Session, cache: BoardCache, standing: Standing) -> bool:
+def prune_idempotency_keys(session: Session, now: datetime | None = None) -> int:
+    """Delete keys older than the 24 h replay window; returns how many."""
+    cutoff = (now or utc_now()) - submissions.IDEMPOTENCY_TTL
+    result = session.execute(IdempotencyKey.__table__.delete().where(IdempotencyKey.created_at < cutoff))
+    session.commit()
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+def publish_standing(engine: Engine, cache: BoardCache, standing: Standing) -> bool:
     """Apply a committed standing to the cached board; False if Redis failed.
 
     A board Redis has never seen (or lost) is rebuilt from SQL first. A Redis
@@ -489,7 +373,8 @@ def publish_standing(session: Session, cache: BoardCache, standing: Standing) ->
     try:
         result = cache.apply([standing], mode="write", updated=standing)
         if result.status == "uninitialized":
-            rebuild_board(session, cache, reason="missing", updated=standing)
+            with Session(engine) as session:
+                rebuild_board(session, cache, reason="missing", updated=standing)
         return True
     except redis.RedisError as exc:
         log.warning("board %s not updated in Redis after commit: %s", cache.board.name, exc)

@@ -32,7 +32,7 @@ class Event:
         return json.loads(self.data) if self.data is not None else None
 
 
-class _Chunked:
+class ChunkedDecoder:
     """Incremental decoder for `Transfer-Encoding: chunked`."""
 
     def __init__(self) -> None:
@@ -96,7 +96,7 @@ class Viewer:
         self.sock.setblocking(False)
         self._raw = b""
         self._body = b""
-        self._chunked: _Chunked | None = None
+        self._chunked: ChunkedDecoder | None = None
         self._pending = Event()
 
     # -- reading -----------------------------------------------------------
@@ -129,7 +129,7 @@ class Viewer:
                 name, _, value = line.partition(":")
                 self.response_headers[name.strip().lower()] = value.strip()
             if self.response_headers.get("transfer-encoding") == "chunked":
-                self._chunked = _Chunked()
+                self._chunked = ChunkedDecoder()
         if self._chunked is not None:
             data = self._chunked.feed(data)
         self._body += data

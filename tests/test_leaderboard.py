@@ -104,35 +104,37 @@ def test_redis_applies_the_same_order_write_by_write(
 # -- the N boundary ----------------------------------------------------------
 
 
-def test_fewer_than_n_users_are_all_on_the_board(session: Session, make_cache: Callable[[int], BoardCache]) -> None:
+def test_fewer_than_n_users_are_all_on_the_board(
+    engine: Engine, session: Session, make_cache: Callable[[int], BoardCache]
+) -> None:
     cache = make_cache(3)
-    assert submit_score(session, cache, "a", 5).rank == 1
-    assert submit_score(session, cache, "b", 1).rank == 2
+    assert submit_score(engine, cache, "a", 5).rank == 1
+    assert submit_score(engine, cache, "b", 1).rank == 2
     assert cache.entries() == [("a", 5), ("b", 1)]
 
 
 def test_exactly_n_then_one_more(
-    session: Session, make_cache: Callable[[int], BoardCache], channel: ChannelListener
+    engine: Engine, session: Session, make_cache: Callable[[int], BoardCache], channel: ChannelListener
 ) -> None:
     cache = make_cache(3)
     for user, score in [("a", 30), ("b", 20), ("c", 10)]:
-        submit_score(session, cache, user, score)
+        submit_score(engine, cache, user, score)
     assert cache.entries() == [("a", 30), ("b", 20), ("c", 10)]
     published = len(channel.drain())
 
     # N + 1: a smaller total stays off the board, and nothing is published.
-    outsider = submit_score(session, cache, "d", 5)
+    outsider = submit_score(engine, cache, "d", 5)
     assert outsider.rank is None
     assert outsider.total == 5
     assert cache.entries() == [("a", 30), ("b", 20), ("c", 10)]
     assert len(channel.drain(0.2)) == published
 
     # A tie with the last entry loses: the last entry reached 10 first.
-    assert submit_score(session, cache, "d", 5).rank is None
+    assert submit_score(engine, cache, "d", 5).rank is None
     assert cache.entries()[-1] == ("c", 10)
 
     # Beating the smallest pushes it off, and its bookkeeping goes with it.
-    assert submit_score(session, cache, "d", 10).rank == 3
+    assert submit_score(engine, cache, "d", 10).rank == 3
     assert cache.entries() == [("a", 30), ("b", 20), ("d", 20)]
     assert set(cache.redis.hkeys(cache.keys.members)) == {"a", "b", "d"}
     assert channel.drain()[-1]["top"] == [["a", "30"], ["b", "20"], ["d", "20"]]
@@ -172,7 +174,7 @@ def test_writes_wait_for_a_board_that_was_never_built(
     """A flushed (or new) Redis is rebuilt from SQL before the write lands."""
     cache = make_cache(3)
     insert_rows(engine, cache.board.name, [("old1", 500, T0), ("old2", 400, T0), ("old3", 300, T0)])
-    submission = submit_score(session, cache, "new", 450)
+    submission = submit_score(engine, cache, "new", 450)
     assert submission.rank == 2
     assert cache.entries() == [("old1", 500), ("new", 450), ("old2", 400)]
     message = channel.drain()[0]
@@ -182,14 +184,14 @@ def test_writes_wait_for_a_board_that_was_never_built(
 
 
 def test_versions_only_go_up_even_after_redis_loses_everything(
-    session: Session, make_cache: Callable[[int], BoardCache]
+    engine: Engine, session: Session, make_cache: Callable[[int], BoardCache]
 ) -> None:
     cache = make_cache(3)
-    submit_score(session, cache, "a", 1)
-    submit_score(session, cache, "a", 1)
+    submit_score(engine, cache, "a", 1)
+    submit_score(engine, cache, "a", 1)
     before = int(cache.redis.get(cache.keys.version) or 0)
     cache.redis.delete(*cache.keys.as_list())
-    submit_score(session, cache, "a", 1)
+    submit_score(engine, cache, "a", 1)
     assert int(cache.redis.get(cache.keys.version) or 0) > before
     assert cache.entries() == [("a", 3)]
 
@@ -223,13 +225,12 @@ def test_500_concurrent_submissions_for_20_users_lose_nothing(
     errors: list[BaseException] = []
 
     def worker(chunk: list[tuple[str, int]]) -> None:
-        with Session(engine) as own:
-            barrier.wait()
-            for user, score in chunk:
-                try:
-                    submit_score(own, cache, user, score)
-                except BaseException as exc:  # pragma: no cover - reported below
-                    errors.append(exc)
+        barrier.wait()
+        for user, score in chunk:
+            try:
+                submit_score(engine, cache, user, score)
+            except BaseException as exc:  # pragma: no cover - reported below
+                errors.append(exc)
 
     threads = [threading.Thread(target=worker, args=(jobs[i::25],)) for i in range(25)]
     for thread in threads:

@@ -1,0 +1,222 @@
+"""The SQL of POST /score: add to a total, rank it, keep the Idempotency-Key record.
+
+This is the hot path, so it is written as fixed SQL, once per database, run
+on the pooled DBAPI connection (SQLAlchemy's pool still checks connections
+out, pings and recycles them). Building and compiling the same statements
+with SQLAlchemy's expression language cost more CPU than everything else a
+request does (BENCHMARKS.md, "before"). On PostgreSQL, a submission without
+an Idempotency-Key is one statement in autocommit: the upsert and the count
+of rows ahead, in one round trip. With a key, the claim, the upsert, the
+count and the stored answer are one transaction.
+
+The ranking order is `scores.rank_key` (see app.models.Score); the rank here
+counts at most N rows ahead, so it costs the same on any board size.
+Never imports Flask.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine
+
+IDEMPOTENCY_TTL = timedelta(hours=24)
+
+# The database's own clock: when the user reached their new total. On
+# PostgreSQL clock_timestamp(), not now(): the time of this statement, after
+# any lock wait, not the start of the transaction. On SQLite, milliseconds
+# padded to the six digits SQLAlchemy stores, so values compare as text.
+_NOW = {
+    "postgresql": "(clock_timestamp() AT TIME ZONE 'UTC')",
+    "sqlite": "strftime('%Y-%m-%d %H:%M:%f000', 'now')",
+}
+
+_UPSERT = """
+    INSERT INTO scores (board, user_id, total, reached_at, version)
+    VALUES (:board, :user_id, :increment, {now}, 1)
+    ON CONFLICT (board, user_id) DO UPDATE
+    SET total = scores.total + excluded.total, reached_at = {now}, version = scores.version + 1
+    WHERE scores.total + excluded.total <= :max_total
+    RETURNING total, reached_at, rank_key
+"""
+
+_AHEAD = """
+    SELECT count(*) FROM (
+        SELECT 1 FROM scores WHERE board = :board AND rank_key < :rank_key LIMIT :top_n
+    ) AS ahead
+"""
+
+# PostgreSQL only (SQLite has no INSERT in a WITH). The count reads the
+# snapshot from before the upsert: the user's own old row has a smaller total,
+# so it sorts after the new key and is never counted as ahead.
+_UPSERT_AND_AHEAD = """
+    WITH upserted AS ({upsert})
+    SELECT total, reached_at, rank_key, (
+        SELECT count(*) FROM (
+            SELECT 1 FROM scores WHERE board = :board AND rank_key < upserted.rank_key LIMIT :top_n
+        ) AS ahead
+    )
+    FROM upserted
+"""
+
+# A key past its 24 h window is taken over as if new. On PostgreSQL a
+# concurrent claim of the same key waits here for the first transaction to
+# end, so exactly one of them goes on to add the score.
+_CLAIM_KEY = """
+    INSERT INTO idempotency_keys (board, user_id, key, increment, response, created_at)
+    VALUES (:board, :user_id, :key, :increment, NULL, :now)
+    ON CONFLICT (board, user_id, key) DO UPDATE
+    SET increment = excluded.increment, response = NULL, created_at = excluded.created_at
+    WHERE idempotency_keys.created_at < :cutoff
+    RETURNING key
+"""
+
+_READ_KEY = (
+    "SELECT increment, response FROM idempotency_keys WHERE board = :board AND user_id = :user_id AND key = :key"
+)
+
+_STORE_ANSWER = """
+    UPDATE idempotency_keys SET response = :response WHERE board = :board AND user_id = :user_id AND key = :key
+"""
+
+
+def _for(dialect: str, sql: str) -> str:
+    """`sql` for one database: its clock, and its DBAPI's parameter style."""
+    text = sql.replace("{now}", _NOW[dialect])
+    if dialect == "postgresql":  # psycopg2 takes %(name)s
+        text = re.sub(r"(?<!:):(\w+)", r"%(\1)s", text)
+    return text
+
+
+@dataclass(frozen=True)
+class Statements:
+    upsert: str
+    ahead: str
+    upsert_and_ahead: str | None
+    claim_key: str
+    read_key: str
+    store_answer: str
+
+    @classmethod
+    def for_dialect(cls, dialect: str) -> Statements:
+        if dialect not in _NOW:
+            raise RuntimeError(f"unsupported database: {dialect}")
+        return cls(
+            upsert=_for(dialect, _UPSERT),
+            ahead=_for(dialect, _AHEAD),
+            upsert_and_ahead=_for(dialect, _UPSERT_AND_AHEAD.replace("{upsert}", _UPSERT))
+            if dialect == "postgresql"
+            else None,
+            claim_key=_for(dialect, _CLAIM_KEY),
+            read_key=_for(dialect, _READ_KEY),
+            store_answer=_for(dialect, _STORE_ANSWER),
+        )
+
+
+_STATEMENTS: dict[str, Statements] = {}
+
+
+def statements(engine: Engine) -> Statements:
+    dialect = engine.dialect.name
+    if dialect not in _STATEMENTS:
+        _STATEMENTS[dialect] = Statements.for_dialect(dialect)
+    return _STATEMENTS[dialect]
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """A submission SQL accepted: the new total, when it was reached, its key, and the rank (None past N)."""
+
+    total: int
+    reached_at: datetime
+    rank_key: str
+    rank: int | None
+
+
+@dataclass(frozen=True)
+class Replayed:
+    """A repeat of an Idempotency-Key: the first request's increment and answer."""
+
+    increment: int
+    answer: dict[str, Any]
+
+
+class TotalTooLarge(Exception):
+    """The increment would take the total past the maximum; nothing was changed."""
+
+
+def record(
+    engine: Engine,
+    *,
+    board: str,
+    user_id: str,
+    increment: int,
+    max_total: int,
+    top_n: int,
+    key: str | None = None,
+    answer: Any = None,
+    now: datetime,
+) -> Recorded | Replayed | None:
+    """Add `increment` to the user's total; with `key`, at most once per 24 h.
+
+    `answer(recorded)` builds the response to store with the key, in the same
+    transaction. Returns None when the key's record vanished between the
+    claim and the read (pruned): the caller may simply try again.
+    """
+    sql = statements(engine)
+    params = {"board": board, "user_id": user_id, "increment": increment, "max_total": max_total, "top_n": top_n}
+    sqlite = engine.dialect.name == "sqlite"
+    pooled = engine.raw_connection()
+    connection: Any = pooled.dbapi_connection
+    try:
+        cursor = connection.cursor()
+        if key is None and sql.upsert_and_ahead is not None:
+            connection.autocommit = True  # one statement: atomic by itself, no BEGIN or COMMIT round trips
+            try:
+                cursor.execute(sql.upsert_and_ahead, params)
+                row = cursor.fetchone()
+            finally:
+                connection.autocommit = False
+            if row is None:
+                raise TotalTooLarge
+            return _recorded(row[0], row[1], row[2], row[3], top_n)
+        try:
+            if key is not None:
+                stamps: dict[str, Any] = {"now": now, "cutoff": now - IDEMPOTENCY_TTL}
+                if sqlite:  # stored as text: compare text to text
+                    stamps = {name: value.isoformat(sep=" ", timespec="microseconds") for name, value in stamps.items()}
+                cursor.execute(sql.claim_key, params | {"key": key} | stamps)
+                if cursor.fetchone() is None:
+                    cursor.execute(sql.read_key, {"board": board, "user_id": user_id, "key": key})
+                    found = cursor.fetchone()
+                    connection.rollback()
+                    if found is None:
+                        return None
+                    stored = found[1] if isinstance(found[1], dict) else json.loads(found[1])
+                    return Replayed(increment=found[0], answer=stored)
+            cursor.execute(sql.upsert, params)
+            row = cursor.fetchone()
+            if row is None:
+                raise TotalTooLarge
+            cursor.execute(sql.ahead, {"board": board, "rank_key": row[2], "top_n": top_n})
+            recorded = _recorded(row[0], row[1], row[2], cursor.fetchone()[0], top_n)
+            if key is not None:
+                response = json.dumps(answer(recorded))
+                cursor.execute(sql.store_answer, {"board": board, "user_id": user_id, "key": key, "response": response})
+            connection.commit()
+            return recorded
+        except BaseException:
+            connection.rollback()
+            raise
+    finally:
+        pooled.close()
+
+
+def _recorded(total: int, reached_at: Any, rank_key: str, ahead: int, top_n: int) -> Recorded:
+    if isinstance(reached_at, str):  # SQLite hands back the stored text
+        reached_at = datetime.fromisoformat(reached_at)
+    return Recorded(total=total, reached_at=reached_at, rank_key=rank_key, rank=ahead + 1 if ahead < top_n else None)

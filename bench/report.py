@@ -1,0 +1,182 @@
+"""BENCHMARKS.md from the figures of one `make bench` run (bench/results.json)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+FLOORS = "at least 1,200 POST /score per second with p99 at most 150 ms at 64 connections"
+
+
+def _ms(us: float) -> str:
+    return f"{us / 1000:.1f}"
+
+
+def _floors(results: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
+    rows: list[tuple[str, str, bool | None]] = []
+    writes = {row["connections"]: row for row in results.get("writes", {}).get("rows", [])}
+    if 64 in writes:
+        ours = writes[64]["ours"]
+        rows.append(
+            (
+                "≥ 1,200 POST/s, p99 ≤ 150 ms at 64 connections",
+                f"{ours['rps']:,.0f}/s, p99 {_ms(ours['p99_us'])} ms",
+                ours["rps"] >= 1200 and ours["p99_us"] <= 150_000,
+            )
+        )
+    floor = [r for r in results.get("fanout", []) if r["viewers"] == 10_000 and r["rate"] == 5.0]
+    if floor:
+        row = floor[0]
+        rows.append(
+            (
+                "10,000 viewers on one worker, p99 ≤ 500 ms at 5 changes/s, all at the final version",
+                f"p99 {row['p99_ms']:.0f} ms, {row['at_final']:,}/{row['viewers']:,} at final",
+                row["p99_ms"] <= 500 and row["at_final"] == row["viewers"],
+            )
+        )
+    fanout = results.get("fanout", [])
+    if fanout:
+        connections = {row["redis_connections"] for row in fanout}
+        rows.append(
+            (
+                "Redis connections independent of the number of viewers",
+                f"{sorted(connections)} for {sorted({r['viewers'] for r in fanout})} viewers",
+                len(connections) == 1,
+            )
+        )
+        worst = max(row["rss_per_viewer_kb"] for row in fanout)
+        rows.append(("≤ 40 KB RSS per idle viewer", f"at most {worst:.1f} KB", worst <= 40))
+    if "end_to_end" in results:
+        e2e = results["end_to_end"]
+        rows.append(("end to end p99 ≤ 300 ms", f"p99 {e2e['p99_ms']:.0f} ms", e2e["p99_ms"] <= 300))
+    if "ranks" in results:
+        ranks = results["ranks"]
+        rows.append(("rank lookup p99 ≤ 20 ms", f"p99 {_ms(ranks['p99_us'])} ms", ranks["p99_us"] <= 20_000))
+    return rows
+
+
+def write_report(results: dict[str, Any], path: Path, command: str) -> None:
+    machine = results["machine"]
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Written by `make bench` (`{command}`) on {results['started']}, in {results['seconds']:.0f} s."
+        + (" **Smoke run: tiny sizes, not figures to quote.**" if results.get("smoke") else ""),
+        "Every comparison below ran side by side in this one run; the machine is shared and noisy, so",
+        "quote ratios and medians, and rerun before drawing fine conclusions.",
+        "",
+        "## Machine",
+        "",
+        f"- {machine['cpu']}, {machine['cores']} cores, {machine['memory_gib']} GiB, Linux {machine['kernel']}",
+        f"- Python {machine['python']}; {machine['postgresql']}; {machine['redis']}; {machine['wrk']}",
+        f"- file descriptors per process: {machine['fd_limit']}; PostgreSQL synchronous_commit:"
+        f" {results.get('synchronous_commit')}",
+        "- The load generators run on the same two cores as the services, PostgreSQL and Redis.",
+        "",
+        "## Floors",
+        "",
+        "| floor | measured | met |",
+        "|---|---|---|",
+    ]
+    for name, measured, met in _floors(results):
+        lines.append(f"| {name} | {measured} | {'yes' if met else '**no**'} |")
+
+    writes = results.get("writes")
+    if writes:
+        lines += [
+            "",
+            "## 1. Writes: `POST /score`",
+            "",
+            f"wrk, 2 threads, {writes['seconds']} s per run after 2 s of warm-up, {writes['users']:,} distinct users'"
+            ' tokens (each connection walks the list), `{"score": 1}`. Both services under gunicorn with',
+            "gevent, one worker per core. *Reference* is `bench/reference_app.py`: the same JWT check, the same SQL",
+            "upsert and the same Redis script, and nothing else (no validation, idempotency, rank, rate limit,",
+            "metrics). Server CPU is both workers together (2.0 = two cores); wrk's own CPU beside it.",
+            "",
+            "| connections | ours req/s | p50 ms | p99 ms | reference req/s | p50 ms | p99 ms | ours / reference | server CPU (ours / ref) | wrk CPU | errors (ours) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for row in writes["rows"]:
+            ours, ref = row["ours"], row["reference"]
+            errors = ours["status_errors"] + ours["timeouts"] + ours["connect_errors"] + ours["read_errors"]
+            lines.append(
+                f"| {row['connections']} | {ours['rps']:,.0f} | {_ms(ours['p50_us'])} | {_ms(ours['p99_us'])} |"
+                f" {ref['rps']:,.0f} | {_ms(ref['p50_us'])} | {_ms(ref['p99_us'])} | {row['ratio']:.2f} |"
+                f" {ours['server_cpu']:.2f} / {ref['server_cpu']:.2f} | {ours['generator_cpu']:.2f} | {errors} |"
+            )
+        lines += ["", f"Command: `{writes['rows'][0]['ours']['command']}`"]
+
+    def fanout_table(rows: list[dict[str, Any]]) -> list[str]:
+        table = [
+            "| viewers | changes/s | p50 ms | p99 ms | frames timed | at final version | RSS per idle viewer | Redis connections | worker CPU | generator CPU |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for row in rows:
+            table.append(
+                f"| {row['viewers']:,} | {row['rate']:g} | {row['p50_ms']:.0f} | {row['p99_ms']:.0f} |"
+                f" {row['frames_timed']:,} | {row['at_final']:,} of {row['viewers']:,} |"
+                f" {row['rss_per_viewer_kb']:.1f} KB | {row['redis_connections']} | {row['server_cpu']:.2f} |"
+                f" {row['generator_cpu']:.2f} |"
+            )
+        return table
+
+    if results.get("fanout"):
+        lines += [
+            "",
+            "## 2. Fan-out: viewers on one board worker",
+            "",
+            "One gunicorn gevent worker. `bench.viewers` processes hold the connections (at most 5,000 each, one epoll",
+            "loop each); about 200 of the viewers time every frame they get: from the `ts` in the frame (Redis time",
+            "of the PUBLISH) to its arrival. The board changes through the real Lua script at the given rate for",
+            f"{results['fanout'][0].get('seconds', '')} the stage; afterwards every viewer must reach the final version.",
+            "RSS per idle viewer: the worker's RSS with the crowd connected and idle, minus before, divided by the crowd.",
+            "Worker CPU: 1.0 is one core, busy. Generator CPU: the viewer processes together.",
+            "",
+            "### Ours",
+            "",
+            *fanout_table(results["fanout"]),
+        ]
+    if results.get("flask_sse"):
+        lines += [
+            "",
+            "### flask-sse (same machine, same run)",
+            "",
+            "flask-sse 1.0.0 from PyPI as its README sets it up (`bench/flask_sse_app.py`): one Redis connection and",
+            "subscription per viewer. Fed the same messages at the same rates on its own channel. Not run at 10,000",
+            "viewers: that needs 10,000 Redis connections, the server's `maxclients` (the same shared Redis serves us).",
+            "",
+            *fanout_table(results["flask_sse"]),
+        ]
+    if "end_to_end" in results:
+        e2e = results["end_to_end"]
+        lines += [
+            "",
+            "## 3. End to end",
+            "",
+            f"{e2e['viewers']:,} viewers on one board worker, `bench.writer` sending {e2e['rate']:g} `POST /score` a second",
+            f"(open loop; achieved {e2e['achieved_rate']:.0f}/s, {e2e['accepted']:,} accepted, failed: {e2e['failed'] or 'none'})"
+            " for 50 players on a top 50, so every write changes the board. Latency: from sending the POST to the",
+            f"first frame at a timing viewer that shows the new total ({e2e['samples']:,} samples).",
+            "",
+            "| p50 ms | p99 ms | viewers at final version | writer CPU s | viewers CPU s |",
+            "|---|---|---|---|---|",
+            f"| {e2e['p50_ms']:.0f} | {e2e['p99_ms']:.0f} | {e2e['at_final']:,} of {e2e['viewers']:,} |"
+            f" {e2e['writer_cpu_seconds']:.1f} | {e2e['viewers_cpu_seconds']:.1f} |",
+        ]
+    if "ranks" in results:
+        ranks = results["ranks"]
+        lines += [
+            "",
+            "## 4. Rank lookup",
+            "",
+            f"`GET /leaderboard/users/<random user>` on a board of {ranks['users']:,} users (bulk-loaded in"
+            f" {ranks['load_seconds']:.0f} s with the trigger off, then `flask compact-ranks`: {ranks['compaction']}),",
+            f"wrk with 4 connections for {ranks['duration_us'] / 1e6:.0f} s against the board service (one worker per core).",
+            "",
+            "| requests/s | p50 ms | p90 ms | p99 ms | errors |",
+            "|---|---|---|---|---|",
+            f"| {ranks['rps']:,.0f} | {_ms(ranks['p50_us'])} | {_ms(ranks['p90_us'])} | {_ms(ranks['p99_us'])} |"
+            f" {ranks['status_errors'] + ranks['timeouts']} |",
+        ]
+    lines += ["", "The figures are also in `bench/results.json`.", ""]
+    path.write_text("\n".join(lines))

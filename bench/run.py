@@ -1,0 +1,545 @@
+"""`make bench`: the benchmark harness. Writes BENCHMARKS.md and bench/results.json.
+
+    python -m bench.run            # the full run (under 10 minutes on 2 cores)
+    python -m bench.run --smoke    # tiny sizes, seconds: keeps the harness from rotting (tests/test_bench.py)
+
+Everything runs as deployed: both services under gunicorn with gevent
+workers and gunicorn.conf.py, PostgreSQL (its own database, synchronous
+commit on) and Redis (database 10, a board and channel of the run's own).
+Each comparison is made side by side in the same run, because the machine is
+shared and noisy. Load generators are separate processes (wrk, bench.viewers,
+bench.writer) and report their CPU time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import jwt
+import psycopg2
+import redis
+
+from app.leaderboard import Board, BoardCache, BoardKeys, Standing
+from bench.report import write_report
+from tests.servers import ROOT, GunicornServer, flask_db_upgrade
+
+ADMIN_URL = os.environ.get("BENCH_ADMIN_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/10")
+SECRET = secrets.token_hex(32)
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How much of everything: the full run, or the smoke run's crumbs."""
+
+    write_connections: tuple[int, ...] = (16, 64, 256)
+    write_seconds: int = 10
+    write_users: int = 10_000
+    viewer_counts: tuple[int, ...] = (1_000, 5_000, 10_000)
+    change_rates: tuple[float, ...] = (1.0, 10.0)
+    floor_rate: float = 5.0  # the floor: 10,000 viewers at 5 changes a second
+    change_seconds: float = 10.0
+    flask_sse_counts: tuple[int, ...] = (1_000, 5_000)
+    e2e_viewers: int = 1_000
+    e2e_rate: float = 200.0
+    e2e_seconds: float = 15.0
+    rank_users: int = 1_000_000
+    rank_seconds: int = 10
+
+
+SMOKE = Sizes(
+    write_connections=(4,),
+    write_seconds=1,
+    write_users=50,
+    viewer_counts=(20,),
+    change_rates=(5.0,),
+    floor_rate=5.0,
+    change_seconds=1.0,
+    flask_sse_counts=(20,),
+    e2e_viewers=20,
+    e2e_rate=20.0,
+    e2e_seconds=2.0,
+    rank_users=2_000,
+    rank_seconds=1,
+)
+
+
+def percentile(values: list[float], p: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def worker_pids(master: GunicornServer) -> list[int]:
+    assert master.process is not None
+    children = Path(f"/proc/{master.process.pid}/task/{master.process.pid}/children").read_text().split()
+    return [int(pid) for pid in children]
+
+
+class Run:
+    def __init__(self, sizes: Sizes, workdir: Path) -> None:
+        self.sizes = sizes
+        self.workdir = workdir
+        self.tag = f"bench{secrets.token_hex(3)}"
+        self.database = f"lb_{self.tag}"
+        self.redis = redis.Redis.from_url(REDIS_URL, decode_responses=True)
+        self.results: dict[str, Any] = {}
+        self.env = {
+            "APP_ENV": "production",
+            "JWT_SECRET_KEY": SECRET,
+            "DATABASE_URL": ADMIN_URL.rsplit("/", 1)[0] + "/" + self.database,
+            "REDIS_URL": REDIS_URL,
+            "LEADERBOARD_ID": self.tag,
+            "REDIS_CHANNEL": f"leaderboard:updated:{self.tag}",
+            "LOG_LEVEL": "WARNING",
+            "SSE_MAX_VIEWERS_PER_IP": "100000",  # every viewer comes from 127.0.0.1
+        }
+
+    # -- setup -----------------------------------------------------------
+
+    @contextmanager
+    def database_of_our_own(self) -> Iterator[None]:
+        admin = psycopg2.connect(ADMIN_URL)
+        admin.autocommit = True
+        with admin.cursor() as cur:
+            cur.execute(f'CREATE DATABASE "{self.database}"')
+            cur.execute("SHOW synchronous_commit")
+            self.results["synchronous_commit"] = cur.fetchone()[0]
+        try:
+            flask_db_upgrade(self.env)
+            yield
+        finally:
+            with admin.cursor() as cur:
+                cur.execute(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
+            admin.close()
+            for key in self.redis.scan_iter(match=f"lb:{{{self.tag}*"):
+                self.redis.delete(key)
+            self.redis.close()
+
+    def tokens(self, users: int, prefix: str = "user") -> dict[str, str]:
+        expires = datetime.now(UTC) + timedelta(hours=2)
+        return {
+            f"{prefix}{i}": jwt.encode({"sub": f"{prefix}{i}", "exp": expires}, SECRET, algorithm="HS256")
+            for i in range(users)
+        }
+
+    def serve(self, module: str, workers: int, **overrides: str) -> GunicornServer:
+        return GunicornServer(module, {**self.env, **overrides}, workers=workers).start(timeout=60)
+
+    # -- 1. writes -------------------------------------------------------
+
+    def wrk(self, url: str, script: str, connections: int, seconds: int, **env: str) -> dict[str, Any]:
+        argv = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(ROOT / "bench/wrk" / script)]
+        environ = {**os.environ, "WRK_REPORT": str(ROOT / "bench/wrk/report.lua"), **env}
+        process = subprocess.Popen([*argv, url], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=environ)
+        _, status, usage = os.wait4(process.pid, 0)
+        output = process.stdout.read().decode() if process.stdout else ""
+        found = re.search(r"^WRK_JSON (\{.*\})$", output, flags=re.MULTILINE)
+        if status != 0 or not found:
+            raise RuntimeError(f"wrk failed:\n{output}")
+        result: dict[str, Any] = json.loads(found.group(1))
+        wall = result["duration_us"] / 1e6
+        result["rps"] = result["requests"] / wall
+        result["generator_cpu"] = (usage.ru_utime + usage.ru_stime) / wall
+        result["command"] = " ".join([*argv, "URL"])
+        return result
+
+    def writes(self) -> None:
+        sizes = self.sizes
+        tokens = self.tokens(sizes.write_users)
+        token_file = self.workdir / "tokens.lua"
+        token_file.write_text("return {\n" + ",\n".join(f'"{t}"' for t in tokens.values()) + "\n}\n")
+        ours = self.serve("wsgi_increment", workers=os.cpu_count() or 2)
+        reference = self.serve("bench.reference_app", workers=os.cpu_count() or 2, LEADERBOARD_ID=f"{self.tag}ref")
+        rows = []
+        try:
+            for connections in sizes.write_connections:
+                row: dict[str, Any] = {"connections": connections}
+                for name, server in (("ours", ours), ("reference", reference)):
+                    self.wrk(server.url, "score.lua", connections, 2, WRK_TOKENS=str(token_file))  # warm up
+                    pids = worker_pids(server)
+                    cpu_before = sum(cpu_seconds(pid) for pid in pids)
+                    result = self.wrk(
+                        server.url, "score.lua", connections, sizes.write_seconds, WRK_TOKENS=str(token_file)
+                    )
+                    result["server_cpu"] = (sum(cpu_seconds(pid) for pid in pids) - cpu_before) / sizes.write_seconds
+                    row[name] = result
+                row["ratio"] = row["ours"]["rps"] / row["reference"]["rps"]
+                rows.append(row)
+                ours_row, reference_row = row["ours"], row["reference"]
+                print(
+                    f"writes c={connections}: ours {ours_row['rps']:.0f}/s p99 {ours_row['p99_us'] / 1000:.1f} ms,"
+                    f" reference {reference_row['rps']:.0f}/s ({row['ratio']:.2f})",
+                    flush=True,
+                )
+        finally:
+            ours.stop()
+            reference.stop()
+        self.results["writes"] = {"users": sizes.write_users, "seconds": sizes.write_seconds, "rows": rows}
+
+    # -- 2. fan-out -------------------------------------------------------
+
+    def crowd(self, url: str, count: int, sample: int) -> list[subprocess.Popen[str]]:
+        """Viewer processes, split so that each holds at most 5,000 connections."""
+        parts = max(1, -(-count // 5000))
+        processes = []
+        for index in range(parts):
+            share = count // parts + (1 if index < count % parts else 0)
+            processes.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "bench.viewers",
+                        "--url",
+                        url,
+                        "--count",
+                        str(share),
+                        "--sample",
+                        str(sample),
+                    ],
+                    cwd=ROOT,
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
+            )
+        for process in processes:
+            line = process.stdout.readline() if process.stdout else ""
+            if not line.startswith("ready"):
+                raise RuntimeError(f"viewers did not connect: {line!r}")
+        return processes
+
+    def collect(self, processes: list[subprocess.Popen[str]], final: int) -> dict[str, Any]:
+        for process in processes:
+            assert process.stdin is not None
+            process.stdin.write(f"final {final}\n")
+            process.stdin.flush()
+        parts = [json.loads(process.stdout.readline()) for process in processes if process.stdout]
+        for process in processes:
+            process.wait(30)
+        versions = [version for part in parts for version in part["versions"]]
+        return {
+            "viewers": len(versions),
+            "at_final": sum(1 for version in versions if version == final),
+            "open": sum(part["open"] for part in parts),
+            "sampled": [frames for part in parts for frames in part["sampled"]],
+            "generator_cpu_seconds": sum(part["cpu_seconds"] for part in parts),
+        }
+
+    def publish_changes(self, cache: BoardCache, rate: float, seconds: float, start_total: int) -> int:
+        """Change the board `rate` times a second through the real Lua script; returns the last version."""
+        total, version = start_total, 0
+        count = max(1, int(rate * seconds))
+        started = time.monotonic()
+        for index in range(count):
+            delay = started + index / rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            total += 1
+            standing = Standing(f"player{index % 10}", total, datetime.now(UTC).replace(tzinfo=None))
+            version = cache.apply([standing], mode="merge", updated=standing).version or version
+        return version
+
+    @staticmethod
+    def latencies(sampled: list[list[list[Any]]], after: float) -> list[float]:
+        """Publish-to-viewer seconds of every frame the sampled viewers got after `after`."""
+        return [received - ts for frames in sampled for received, _, ts, _ in frames if ts >= after]
+
+    def fanout_stage(
+        self, url: str, count: int, rate: float, worker: int, publish: Any, redis_connections: Any
+    ) -> dict[str, Any]:
+        """Connect `count` viewers, measure them idle, change the board `rate` times a second, collect."""
+        sample = max(1, count // 200)  # about 200 viewers time every frame
+        time.sleep(1)
+        rss_before = rss_kb(worker)
+        processes = self.crowd(url, count, sample)
+        time.sleep(2)
+        rss_idle = rss_kb(worker)
+        connections = redis_connections()
+        started = time.time()
+        cpu_before = cpu_seconds(worker)
+        final = publish(rate, self.sizes.change_seconds)
+        cpu = (cpu_seconds(worker) - cpu_before) / self.sizes.change_seconds
+        outcome = self.collect(processes, final)
+        latencies = self.latencies(outcome["sampled"], started)
+        return {
+            "viewers": count,
+            "rate": rate,
+            "rss_per_viewer_kb": (rss_idle - rss_before) / count,
+            "redis_connections": connections,
+            "server_cpu": cpu,
+            "at_final": outcome["at_final"],
+            "open": outcome["open"],
+            "p50_ms": (percentile(latencies, 50) or 0) * 1000,
+            "p99_ms": (percentile(latencies, 99) or 0) * 1000,
+            "frames_timed": len(latencies),
+            "generator_cpu": outcome["generator_cpu_seconds"] / self.sizes.change_seconds,
+        }
+
+    def fanout(self) -> None:
+        sizes = self.sizes
+        board = self.serve("wsgi_board", workers=1, SSE_MAX_VIEWERS="12000")
+        cache = BoardCache(
+            redis.Redis.from_url(REDIS_URL, decode_responses=True),
+            Board(self.tag, top_n=10, channel=self.env["REDIS_CHANNEL"], max_increment=10**6),
+        )
+        worker = worker_pids(board)[0]
+        ours_rows: list[dict[str, Any]] = []
+        total = [0]
+
+        def publish(rate: float, seconds: float) -> int:
+            version = self.publish_changes(cache, rate, seconds, total[0])
+            total[0] += int(rate * seconds) + 1
+            return version
+
+        def our_connections() -> int:
+            return sum(1 for c in self.redis.client_list() if c.get("name") == f"board-{worker}")
+
+        try:
+            for count in sizes.viewer_counts:
+                rates = sizes.change_rates + ((sizes.floor_rate,) if count == max(sizes.viewer_counts) else ())
+                # A crowd per rate, so each gets its own completeness and latency figures.
+                for rate in rates:
+                    row = self.fanout_stage(f"{board.url}/events", count, rate, worker, publish, our_connections)
+                    ours_rows.append(row)
+                    print(
+                        f"fan-out {count} viewers at {rate}/s: p50 {row['p50_ms']:.0f} ms p99 {row['p99_ms']:.0f} ms,"
+                        f" {row['at_final']}/{count} at final, {row['rss_per_viewer_kb']:.1f} KB/viewer,"
+                        f" {row['redis_connections']} Redis connections",
+                        flush=True,
+                    )
+        finally:
+            board.stop()
+            cache.redis.close()
+        self.results["fanout"] = ours_rows
+        self.results["flask_sse"] = self.flask_sse()
+
+    def flask_sse(self) -> list[dict[str, Any]]:
+        sizes = self.sizes
+        server = self.serve("bench.flask_sse_app", workers=1)
+        worker = worker_pids(server)[0]
+        publisher = redis.Redis.from_url(REDIS_URL)
+        version = [int(time.time() * 1e6)]
+
+        def publish(rate: float, seconds: float) -> int:
+            count = max(1, int(rate * seconds))
+            started = time.monotonic()
+            for index in range(count):
+                delay = started + index / rate - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                version[0] += 1
+                message = {
+                    "type": "update",
+                    "top": [[f"player{i}", str(1000 - i)] for i in range(10)],
+                    "version": version[0],
+                    "ts": time.time(),
+                }
+                publisher.publish("sse", json.dumps({"data": json.dumps(message), "id": version[0]}))
+            return version[0]
+
+        baseline = [0]
+
+        def connections() -> int:
+            return int(self.redis.info("clients")["connected_clients"]) - baseline[0]
+
+        rows = []
+        try:
+            for count in sizes.flask_sse_counts:
+                baseline[0] = int(self.redis.info("clients")["connected_clients"])
+                for rate in sizes.change_rates:
+                    row = self.fanout_stage(f"{server.url}/stream", count, rate, worker, publish, connections)
+                    rows.append(row)
+                    print(
+                        f"flask-sse {count} viewers at {rate}/s: p50 {row['p50_ms']:.0f} ms p99 {row['p99_ms']:.0f} ms,"
+                        f" {row['at_final']}/{count} at final, {row['redis_connections']} Redis connections",
+                        flush=True,
+                    )
+        finally:
+            server.stop()
+            publisher.close()
+        return rows
+
+    # -- 3. end to end ----------------------------------------------------
+
+    def end_to_end(self) -> None:
+        sizes = self.sizes
+        players = 50
+        overrides = {"TOP_N": str(players), "LEADERBOARD_ID": f"{self.tag}e2e", "RATE_LIMIT_PER_USER": "off"}
+        increment = self.serve("wsgi_increment", workers=os.cpu_count() or 2, **overrides)
+        board = self.serve("wsgi_board", workers=1, **overrides)
+        token_file = self.workdir / "e2e-tokens.json"
+        token_file.write_text(json.dumps(self.tokens(players, prefix="player")))
+        try:
+            processes = self.crowd(f"{board.url}/events", sizes.e2e_viewers, max(1, sizes.e2e_viewers // 100))
+            writer = subprocess.run(
+                [sys.executable, "-m", "bench.writer", "--url", increment.url, "--tokens", str(token_file),
+                 "--rate", str(sizes.e2e_rate), "--seconds", str(sizes.e2e_seconds)],
+                cwd=ROOT, capture_output=True, text=True, check=True,
+            )  # fmt: skip
+            written = json.loads(writer.stdout)
+            final = int(self.redis.get(BoardKeys.for_board(f"{self.tag}e2e").version) or 0)
+            outcome = self.collect(processes, final)
+        finally:
+            increment.stop()
+            board.stop()
+        latencies = []
+        for sent, user, total in written["accepted"]:
+            for frames in outcome["sampled"]:
+                seen = next(
+                    (received for received, _, _, top in frames if any(u == user and int(s) >= total for u, s in top)),
+                    None,
+                )
+                if seen is not None:
+                    latencies.append(seen - sent)
+        self.results["end_to_end"] = {
+            "viewers": sizes.e2e_viewers,
+            "rate": sizes.e2e_rate,
+            "accepted": len(written["accepted"]),
+            "failed": written["failed"],
+            "achieved_rate": len(written["accepted"]) / written["seconds"],
+            "at_final": outcome["at_final"],
+            "p50_ms": (percentile(latencies, 50) or 0) * 1000,
+            "p99_ms": (percentile(latencies, 99) or 0) * 1000,
+            "samples": len(latencies),
+            "writer_cpu_seconds": written["cpu_seconds"],
+            "viewers_cpu_seconds": outcome["generator_cpu_seconds"],
+        }
+        e2e = self.results["end_to_end"]
+        print(f"end to end: p50 {e2e['p50_ms']:.0f} ms p99 {e2e['p99_ms']:.0f} ms over {e2e['samples']}", flush=True)
+
+    # -- 4. ranks ---------------------------------------------------------
+
+    def ranks(self) -> None:
+        sizes = self.sizes
+        board = f"{self.tag}ranks"
+        started = time.monotonic()
+        connection = psycopg2.connect(self.env["DATABASE_URL"])
+        with connection, connection.cursor() as cur:
+            # A bulk import: the trigger off, then one compaction builds the rank index from the rows.
+            cur.execute("ALTER TABLE scores DISABLE TRIGGER USER")
+            cur.execute(
+                "INSERT INTO scores (board, user_id, total, reached_at, version) "
+                "SELECT %s, 'user' || g, (random() * 1000000)::bigint, now() - random() * interval '30 days', 1 "
+                "FROM generate_series(1, %s) g",
+                (board, sizes.rank_users),
+            )
+            cur.execute("ALTER TABLE scores ENABLE TRIGGER USER")
+        connection.autocommit = True
+        with connection.cursor() as cur:
+            cur.execute("VACUUM ANALYZE scores")
+        connection.close()
+        loaded = time.monotonic() - started
+        compact = subprocess.run(
+            [sys.executable, "-m", "flask", "--app", "wsgi_board", "compact-ranks"],
+            cwd=ROOT, env={**os.environ, **self.env, "LEADERBOARD_ID": board, "FLASK_SKIP_DOTENV": "1"},
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        server = self.serve("wsgi_board", workers=os.cpu_count() or 2, LEADERBOARD_ID=board)
+        try:
+            self.wrk(server.url, "rank.lua", 4, 2, WRK_USERS=str(sizes.rank_users))  # warm up
+            result = self.wrk(server.url, "rank.lua", 4, sizes.rank_seconds, WRK_USERS=str(sizes.rank_users))
+        finally:
+            server.stop()
+        self.results["ranks"] = {
+            "users": sizes.rank_users,
+            "load_seconds": loaded,
+            "compaction": compact.stdout.strip(),
+            **result,
+        }
+        print(f"ranks: p50 {result['p50_us'] / 1000:.1f} ms p99 {result['p99_us'] / 1000:.1f} ms", flush=True)
+
+
+SECTIONS = ["writes", "fanout", "end_to_end", "ranks"]
+
+
+def machine() -> dict[str, Any]:
+    def first(command: list[str]) -> str:
+        try:
+            return subprocess.run(command, capture_output=True, text=True, check=False).stdout.strip().splitlines()[0]
+        except (OSError, IndexError):
+            return "unknown"
+
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if "model name" in line
+        ),
+        platform.processor(),
+    )
+    memory_kb = int(Path("/proc/meminfo").read_text().split()[1])
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": round(memory_kb / 1024 / 1024, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "postgresql": first(["psql", "--version"]),
+        "redis": first(["redis-server", "--version"]),
+        "wrk": first(["wrk", "--version"]),
+        "fd_limit": first(["sh", "-c", "ulimit -n"]),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, to check the harness works")
+    parser.add_argument("--out", type=Path, default=ROOT, help="where BENCHMARKS.md and bench/results.json go")
+    parser.add_argument(
+        "--only", nargs="+", choices=SECTIONS, default=SECTIONS, help="run only these sections (for profiling)"
+    )
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is needed: apt-get install wrk")
+    sizes = SMOKE if args.smoke else Sizes()
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="leaderboard-bench-") as workdir:
+        run = Run(sizes, Path(workdir))
+        run.results["started"] = datetime.now(UTC).isoformat(timespec="seconds")
+        run.results["machine"] = machine()
+        run.results["smoke"] = args.smoke
+        with run.database_of_our_own():
+            for section in args.only:
+                getattr(run, section)()
+        run.results["seconds"] = time.monotonic() - started
+    results_file = args.out / "bench" / "results.json"
+    results_file.parent.mkdir(parents=True, exist_ok=True)
+    results_file.write_text(json.dumps(run.results, indent=2) + "\n")
+    write_report(run.results, args.out / "BENCHMARKS.md", " ".join(["python -m bench.run", *sys.argv[1:]]))
+    print(f"done in {run.results['seconds']:.0f} s: {args.out / 'BENCHMARKS.md'}, {results_file}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,176 @@
+"""A load generator of SSE viewers: many connections in one process, one epoll loop.
+
+    python -m bench.viewers --url http://127.0.0.1:8001/events --count 5000 --sample 100
+
+Prints `ready` once every viewer has its first frame, then keeps reading.
+On stdin, `final <version>` means: wait (up to --settle seconds) until every
+viewer has that version, then print one JSON line with the results and exit.
+
+Most viewers only track the last `id:` they saw (cheap: a byte search per
+read). Every --sample-th viewer parses its frames fully and records, per
+frame, when it arrived and the `ts` (Redis time of the PUBLISH) and `top` in
+it, so latencies can be computed afterwards. Kept simple and cheap so the
+generator is not the bottleneck; it reports its own CPU time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import resource
+import selectors
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from tests.sse_client import ChunkedDecoder
+
+_LAST_ID = re.compile(rb"(?:^|\n)id:\s?(\d+)\n")
+
+
+@dataclass
+class Viewer:
+    sock: socket.socket
+    sampled: bool
+    status: int | None = None
+    version: int = 0
+    head: bytes = b""
+    tail: bytes = b""  # the end of the previous read, for an `id:` line cut in two
+    body: bytes = b""  # sampled viewers: decoded stream bytes not parsed yet
+    chunks: ChunkedDecoder = field(default_factory=ChunkedDecoder)
+    frames: list[tuple[float, int, float, list[list[str]]]] = field(default_factory=list)
+    closed: bool = False
+
+
+def _parse_sampled(viewer: Viewer, now: float) -> None:
+    """Pull whole SSE events out of a sampled viewer's bytes (chunk framing stripped)."""
+    while True:
+        end = viewer.body.find(b"\n\n")
+        if end < 0:
+            return
+        event, viewer.body = viewer.body[:end], viewer.body[end + 2 :]
+        data = version = None
+        for line in event.split(b"\n"):
+            if line.startswith(b"data:"):
+                data = line[5:].strip()
+            elif line.startswith(b"id:"):
+                version = int(line[3:].strip())
+        if data is not None and version is not None:
+            message = json.loads(data)
+            viewer.frames.append((now, version, float(message["ts"]), message["top"]))
+            viewer.version = max(viewer.version, version)
+
+
+class Crowd:
+    def __init__(self, url: str, count: int, sample_every: int) -> None:
+        parts = urlsplit(url)
+        self.address = (parts.hostname or "127.0.0.1", parts.port or 80)
+        self.request = (
+            f"GET {parts.path or '/'} HTTP/1.1\r\nHost: {parts.netloc}\r\nAccept: text/event-stream\r\n\r\n".encode()
+        )
+        self.count = count
+        self.sample_every = sample_every
+        self.selector = selectors.DefaultSelector()
+        self.viewers: list[Viewer] = []
+        self.refused = 0
+
+    def connect(self, batch: int = 250) -> None:
+        """Open the connections a batch at a time, so the server's listen backlog never overflows."""
+        for start in range(0, self.count, batch):
+            for index in range(start, min(start + batch, self.count)):
+                sock = socket.create_connection(self.address, timeout=30)
+                sock.sendall(self.request)
+                sock.setblocking(False)
+                viewer = Viewer(sock, sampled=self.sample_every > 0 and index % self.sample_every == 0)
+                self.viewers.append(viewer)
+                self.selector.register(sock, selectors.EVENT_READ, viewer)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and any(v.version == 0 and not v.closed for v in self.viewers[start:]):
+                self.pump(0.05)
+
+    def pump(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while (remaining := deadline - time.monotonic()) > 0:
+            for key, _ in self.selector.select(timeout=min(remaining, 0.05)):
+                self._read(key.data)
+
+    def _read(self, viewer: Viewer) -> None:
+        try:
+            data = viewer.sock.recv(262144)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        now = time.time()
+        if not data:
+            viewer.closed = True
+            self.selector.unregister(viewer.sock)
+            viewer.sock.close()
+            return
+        if viewer.status is None:
+            viewer.head += data
+            if b"\r\n\r\n" not in viewer.head:
+                return
+            head, data = viewer.head.split(b"\r\n\r\n", 1)
+            viewer.status = int(head.split(b" ", 2)[1])
+            viewer.head = b""
+        if viewer.sampled:
+            viewer.body += viewer.chunks.feed(data)
+            _parse_sampled(viewer, now)
+            return
+        window = viewer.tail + data
+        found = _LAST_ID.findall(window)
+        if found:
+            viewer.version = max(viewer.version, int(found[-1]))
+        viewer.tail = window[-64:]
+
+    def results(self, cpu_at_ready: float) -> dict[str, Any]:
+        return {
+            "viewers": len(self.viewers),
+            "open": sum(1 for v in self.viewers if not v.closed),
+            "versions": [v.version for v in self.viewers],
+            "sampled": [[list(frame) for frame in v.frames] for v in self.viewers if v.sampled],
+            "cpu_seconds": cpu_now() - cpu_at_ready,  # after every viewer had connected
+        }
+
+
+def cpu_now() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--count", type=int, required=True)
+    parser.add_argument("--sample", type=int, default=100, help="every Nth viewer records its frames (0: none)")
+    parser.add_argument("--settle", type=float, default=15.0)
+    args = parser.parse_args()
+    crowd = Crowd(args.url, args.count, args.sample)
+    started = time.monotonic()
+    crowd.connect()
+    print(f"ready {time.monotonic() - started:.2f}", flush=True)
+    cpu_at_ready = cpu_now()
+    selector_in = selectors.DefaultSelector()
+    selector_in.register(sys.stdin, selectors.EVENT_READ)
+    while True:
+        crowd.pump(0.2)
+        if selector_in.select(timeout=0):
+            command = sys.stdin.readline().split()
+            if not command or command[0] == "quit":
+                break
+            if command[0] == "final":
+                final = int(command[1])
+                deadline = time.monotonic() + args.settle
+                while time.monotonic() < deadline and any(v.version < final and not v.closed for v in crowd.viewers):
+                    crowd.pump(0.1)
+                break
+    print(json.dumps(crowd.results(cpu_at_ready)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
