@@ -16,6 +16,7 @@ Never imports Flask.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError
 
 IDEMPOTENCY_TTL = timedelta(hours=24)
 
@@ -165,55 +167,82 @@ def record(
 
     `answer(recorded)` builds the response to store with the key, in the same
     transaction. Returns None when the key's record vanished between the
-    claim and the read (pruned): the caller may simply try again.
+    claim and the read (pruned): the caller may simply try again. Database
+    errors are raised as SQLAlchemy's (the app answers them with a 503).
     """
-    sql = statements(engine)
     params = {"board": board, "user_id": user_id, "increment": increment, "max_total": max_total, "top_n": top_n}
-    sqlite = engine.dialect.name == "sqlite"
-    pooled = engine.raw_connection()
-    connection: Any = pooled.dbapi_connection
+    pooled = None
+    try:
+        pooled = engine.raw_connection()
+        if key is None and engine.dialect.name == "postgresql":
+            return _in_one_statement(statements(engine), pooled.dbapi_connection, params)
+        return _in_a_transaction(engine, pooled.dbapi_connection, params, key, answer, now)
+    except engine.dialect.loaded_dbapi.Error as error:
+        # As SQLAlchemy does for its own statements: a lost connection leaves
+        # the pool (the others are pinged before their next use), and the
+        # error is raised as SQLAlchemy's.
+        disconnected = pooled is not None and bool(engine.dialect.is_disconnect(error, pooled.dbapi_connection, None))
+        if disconnected and pooled is not None:
+            pooled.invalidate(error)
+        raise DBAPIError.instance(
+            None, None, error, engine.dialect.loaded_dbapi.Error, connection_invalidated=disconnected
+        ) from error
+    finally:
+        if pooled is not None:
+            pooled.close()
+
+
+def _in_one_statement(sql: Statements, connection: Any, params: dict[str, Any]) -> Recorded:
+    """PostgreSQL without a key: the upsert and the rank, one statement, autocommit (no BEGIN or COMMIT trips)."""
+    assert sql.upsert_and_ahead is not None
+    connection.autocommit = True
     try:
         cursor = connection.cursor()
-        if key is None and sql.upsert_and_ahead is not None:
-            connection.autocommit = True  # one statement: atomic by itself, no BEGIN or COMMIT round trips
-            try:
-                cursor.execute(sql.upsert_and_ahead, params)
-                row = cursor.fetchone()
-            finally:
-                connection.autocommit = False
-            if row is None:
-                raise TotalTooLarge
-            return _recorded(row[0], row[1], row[2], row[3], top_n)
-        try:
-            if key is not None:
-                stamps: dict[str, Any] = {"now": now, "cutoff": now - IDEMPOTENCY_TTL}
-                if sqlite:  # stored as text: compare text to text
-                    stamps = {name: value.isoformat(sep=" ", timespec="microseconds") for name, value in stamps.items()}
-                cursor.execute(sql.claim_key, params | {"key": key} | stamps)
-                if cursor.fetchone() is None:
-                    cursor.execute(sql.read_key, {"board": board, "user_id": user_id, "key": key})
-                    found = cursor.fetchone()
-                    connection.rollback()
-                    if found is None:
-                        return None
-                    stored = found[1] if isinstance(found[1], dict) else json.loads(found[1])
-                    return Replayed(increment=found[0], answer=stored)
-            cursor.execute(sql.upsert, params)
-            row = cursor.fetchone()
-            if row is None:
-                raise TotalTooLarge
-            cursor.execute(sql.ahead, {"board": board, "rank_key": row[2], "top_n": top_n})
-            recorded = _recorded(row[0], row[1], row[2], cursor.fetchone()[0], top_n)
-            if key is not None:
-                response = json.dumps(answer(recorded))
-                cursor.execute(sql.store_answer, {"board": board, "user_id": user_id, "key": key, "response": response})
-            connection.commit()
-            return recorded
-        except BaseException:
-            connection.rollback()
-            raise
+        cursor.execute(sql.upsert_and_ahead, params)
+        row = cursor.fetchone()
     finally:
-        pooled.close()
+        if not connection.closed:
+            connection.autocommit = False
+    if row is None:
+        raise TotalTooLarge
+    return _recorded(row[0], row[1], row[2], row[3], params["top_n"])
+
+
+def _in_a_transaction(
+    engine: Engine, connection: Any, params: dict[str, Any], key: str | None, answer: Any, now: datetime
+) -> Recorded | Replayed | None:
+    sql = statements(engine)
+    board, user_id = params["board"], params["user_id"]
+    cursor = connection.cursor()
+    try:
+        if key is not None:
+            stamps: dict[str, Any] = {"now": now, "cutoff": now - IDEMPOTENCY_TTL}
+            if engine.dialect.name == "sqlite":  # stored as text: compare text with text
+                stamps = {name: value.isoformat(sep=" ", timespec="microseconds") for name, value in stamps.items()}
+            cursor.execute(sql.claim_key, params | {"key": key} | stamps)
+            if cursor.fetchone() is None:
+                cursor.execute(sql.read_key, {"board": board, "user_id": user_id, "key": key})
+                found = cursor.fetchone()
+                connection.rollback()
+                if found is None:
+                    return None
+                stored = found[1] if isinstance(found[1], dict) else json.loads(found[1])
+                return Replayed(increment=found[0], answer=stored)
+        cursor.execute(sql.upsert, params)
+        row = cursor.fetchone()
+        if row is None:
+            raise TotalTooLarge
+        cursor.execute(sql.ahead, {"board": board, "rank_key": row[2], "top_n": params["top_n"]})
+        recorded = _recorded(row[0], row[1], row[2], cursor.fetchone()[0], params["top_n"])
+        if key is not None:
+            response = json.dumps(answer(recorded))
+            cursor.execute(sql.store_answer, {"board": board, "user_id": user_id, "key": key, "response": response})
+        connection.commit()
+        return recorded
+    except BaseException:
+        with contextlib.suppress(Exception):  # the connection may be the thing that broke
+            connection.rollback()
+        raise
 
 
 def _recorded(total: int, reached_at: Any, rank_key: str, ahead: int, top_n: int) -> Recorded:

@@ -33,6 +33,8 @@ def init_board(app: Flask, settings: Settings, cache: BoardCache) -> None:
         load_latest,
         max_viewers=settings.sse_max_viewers,
         max_viewers_per_ip=settings.sse_max_viewers_per_ip,
+        heartbeat_seconds=settings.sse_heartbeat_seconds,
+        coalesce_seconds=settings.sse_coalesce_ms / 1000,
     )
     # EventSource cannot send headers, so with BOARD_REQUIRE_AUTH the token
     # may also come in a cookie.

@@ -1,10 +1,18 @@
 """BoardHub: one Redis Pub/Sub subscription per worker, fanned out to every viewer.
 
-The hub keeps only the latest board, already encoded as an SSE frame and as
-a JSON snapshot, and wakes every waiting viewer when it changes. A viewer
-holds nothing but the version it last sent, so its memory is constant
-whatever the update rate, each frame is encoded once per update rather than
-once per viewer, and a slow viewer skips straight to the newest board.
+The hub keeps only the latest board, encoded once per version as an SSE
+frame (also framed as an HTTP chunk) and as a JSON snapshot. A viewer holds
+nothing but the version it last got, so its memory is constant whatever the
+update rate, and a slow viewer skips straight to the newest board.
+
+Fan-out writes the frame straight to every viewer's socket, without blocking
+(`os.write` on the non-blocking socket gevent gave gunicorn): one system call
+per viewer and no greenlet switch, which is what lets one worker carry ten
+thousand viewers. Only a viewer whose socket is full is handed to its own
+greenlet, which finishes the write (blocking just itself, up to the write
+timeout) and then catches up with the newest board. Heartbeats go out the
+same way. Streams with no socket of their own to write to (not under
+gunicorn: tests, other servers) wait on a shared "changed" event instead.
 
 Needs gevent (the listener is a greenlet); never imports Flask.
 """
@@ -13,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import time
 from collections.abc import Callable
@@ -23,7 +32,7 @@ import gevent
 import redis
 from gevent.event import Event
 
-from app.metrics import FRAMES_SENT, HUB_RECONNECTS, STREAMS_ENDED, VIEWERS
+from app.metrics import FRAMES_SENT, HUB_RECONNECTS, PUBLISH_TO_SEND_SECONDS, STREAMS_ENDED, VIEWERS
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +43,20 @@ DEAD_AFTER = 3 * PING_INTERVAL
 BACKOFF_INITIAL = 0.1
 BACKOFF_MAX = 2.0
 
+HEARTBEAT = b": ping\n\n"
+
+
+def http_chunk(data: bytes) -> bytes:
+    """`data` framed as one chunk of a chunked HTTP/1.1 body, exactly as gunicorn frames what it writes."""
+    return b"%X\r\n%s\r\n" % (len(data), data)
+
+
+HEARTBEAT_CHUNK = http_chunk(HEARTBEAT)
+
+
+class ClientGone(gevent.GreenletExit):  # type: ignore[misc]
+    """The viewer closed or reset its connection (a GreenletExit: gunicorn ends the request quietly)."""
+
 
 @dataclass(frozen=True)
 class Frame:
@@ -41,6 +64,7 @@ class Frame:
 
     version: int
     sse: bytes  # "id: <version>\ndata: {...}\n\n"
+    chunk: bytes  # the same, as an HTTP/1.1 chunk
     snapshot: bytes  # the GET /leaderboard body
     published_at: float  # Redis time of the PUBLISH, seconds
 
@@ -60,12 +84,33 @@ class Frame:
             },
             separators=(",", ":"),
         )
+        sse = f"id: {version}\ndata: {data}\n\n".encode()
         return cls(
             version=version,
-            sse=f"id: {version}\ndata: {data}\n\n".encode(),
+            sse=sse,
+            chunk=http_chunk(sse),
             snapshot=snapshot.encode(),
             published_at=float(message["ts"]),
         )
+
+
+class DirectViewer:
+    """A stream the hub writes to directly: its socket, and how far it got."""
+
+    __slots__ = ("chunked", "fd", "greenlet", "last_write", "pending", "pending_version", "sent", "wake")
+
+    def __init__(self, fd: int, chunked: bool, sent: int) -> None:
+        self.fd = fd
+        self.chunked = chunked  # HTTP/1.1: the body is chunked, so are our writes
+        self.sent = sent  # the newest version written in full
+        self.pending: bytes | None = None  # what a full socket did not take yet
+        self.pending_version = 0
+        self.last_write = time.monotonic()
+        self.wake = Event()  # set when the viewer's greenlet has work: a pending write, or the drain
+        self.greenlet = gevent.getcurrent()
+
+    def bytes_of(self, frame: Frame) -> bytes:
+        return frame.chunk if self.chunked else frame.sse
 
 
 class BoardHub:
@@ -79,8 +124,16 @@ class BoardHub:
         *,
         max_viewers: int,
         max_viewers_per_ip: int | None = None,
+        heartbeat_seconds: float = 15.0,
+        coalesce_seconds: float = 0.0,
     ) -> None:
         """`load_latest` returns the current board message (rebuilding it if needed)."""
+        self.heartbeat_seconds = heartbeat_seconds
+        self.coalesce_seconds = coalesce_seconds
+        self._direct: set[DirectViewer] = set()
+        self._last_fan_out = 0.0
+        self._fan_out_scheduled = False
+        self._heartbeats: gevent.Greenlet[Any] | None = None
         self._redis = client
         self._channel = channel
         self._load_latest = load_latest
@@ -106,6 +159,7 @@ class BoardHub:
         self.latest = frame
         self.stats["frames"] += 1
         self._wake()
+        self._fan_out_soon()
         return True
 
     def current(self) -> Frame | None:
@@ -155,19 +209,90 @@ class BoardHub:
         """Shutting down: refuse new viewers and tell every open stream to end."""
         self.draining = True
         self._wake()
+        for viewer in self._direct:
+            viewer.wake.set()
+
+    # -- direct writes -----------------------------------------------------
+
+    def attach(self, viewer: DirectViewer) -> None:
+        """From now on the hub writes this viewer's frames and heartbeats."""
+        self._direct.add(viewer)
+        if self.latest is not None and self.latest.version > viewer.sent:
+            self._write(viewer, self.latest, time.monotonic())
+
+    def detach(self, viewer: DirectViewer) -> None:
+        self._direct.discard(viewer)
+
+    def _fan_out_soon(self) -> None:
+        """Fan out now, or once the coalescing interval since the last fan-out has passed."""
+        wait = self._last_fan_out + self.coalesce_seconds - time.monotonic()
+        if wait <= 0:
+            self._fan_out()
+        elif not self._fan_out_scheduled:
+            self._fan_out_scheduled = True
+            gevent.spawn_later(wait, self._fan_out)
+
+    def _fan_out(self) -> None:
+        """Write the latest board to every direct viewer that does not have it yet."""
+        self._fan_out_scheduled = False
+        frame = self.latest
+        if frame is None or not self._direct:
+            return
+        now = self._last_fan_out = time.monotonic()
+        for viewer in list(self._direct):
+            if viewer.pending is None and viewer.sent < frame.version:
+                self._write(viewer, frame, now)
+        PUBLISH_TO_SEND_SECONDS.observe(max(0.0, time.time() - frame.published_at))
+
+    def _write(self, viewer: DirectViewer, frame: Frame | None, now: float) -> None:
+        """One non-blocking write of a frame (None: a heartbeat); a full socket goes to the viewer's greenlet."""
+        data = viewer.bytes_of(frame) if frame is not None else (HEARTBEAT_CHUNK if viewer.chunked else HEARTBEAT)
+        try:
+            written = os.write(viewer.fd, data)
+        except BlockingIOError:
+            written = 0
+        except OSError:  # reset or closed: the viewer is gone
+            self._direct.discard(viewer)
+            viewer.greenlet.kill(ClientGone, block=False)
+            return
+        viewer.last_write = now
+        version = frame.version if frame is not None else viewer.sent
+        if written == len(data):
+            viewer.sent = version
+            self.stats["frames_sent"] += frame is not None
+        else:
+            viewer.pending, viewer.pending_version = data[written:], version
+            viewer.wake.set()
+
+    def _send_heartbeats(self) -> None:
+        """A `: ping` to each direct viewer that would otherwise go a heartbeat interval without a write.
+
+        Checked every third of the interval, and sent to whoever has been
+        quiet for two thirds of it, so no gap exceeds the interval.
+        """
+        every = self.heartbeat_seconds / 3
+        while True:
+            gevent.sleep(every)
+            now = time.monotonic()
+            for viewer in list(self._direct):
+                if viewer.pending is None and now - viewer.last_write >= self.heartbeat_seconds - every:
+                    self._write(viewer, None, now)
 
     # -- the subscription --------------------------------------------------
 
     def start(self) -> None:
-        """Start the listener greenlet (once per process)."""
+        """Start the listener and heartbeat greenlets (once per process)."""
         if self._listener is None or self._listener.dead:
             self._stopping = False
             self._listener = gevent.spawn(self._listen_forever)
+        if self._heartbeats is None or self._heartbeats.dead:
+            self._heartbeats = gevent.spawn(self._send_heartbeats)
 
     def stop(self) -> None:
         self._stopping = True
-        if self._listener is not None:
-            self._listener.kill(block=True, timeout=5)
+        for greenlet in (self._listener, self._heartbeats):
+            if greenlet is not None:
+                greenlet.kill(block=True, timeout=5)
 
     def _listen_forever(self) -> None:
         delay = BACKOFF_INITIAL

@@ -21,10 +21,8 @@ from dataclasses import dataclass
 
 import gevent
 
-from app.board.hub import BoardHub
+from app.board.hub import HEARTBEAT, BoardHub, ClientGone, DirectViewer
 from app.metrics import PUBLISH_TO_SEND_SECONDS, STREAMS_ENDED
-
-HEARTBEAT = b": ping\n\n"
 
 
 @dataclass(frozen=True)
@@ -51,8 +49,8 @@ def parse_last_event_id(value: str | None) -> int | None:
     return int(value.strip())
 
 
-class ClientGone(gevent.GreenletExit):  # type: ignore[misc]
-    """The viewer closed its connection (a GreenletExit: gunicorn ends the request quietly)."""
+class ViewerDropped(gevent.GreenletExit):  # type: ignore[misc]
+    """The viewer's socket took no data for the write timeout (a GreenletExit: gunicorn closes quietly)."""
 
 
 @contextmanager
@@ -85,6 +83,7 @@ def stream_board(
     last_event_id: int | None,
     client: socket.socket | None = None,
     client_ip: str = "",
+    chunked: bool = True,
 ) -> Iterator[bytes]:
     """The frames one viewer receives, newest board first, until it goes away.
 
@@ -101,7 +100,10 @@ def stream_board(
     ended = "dropped"  # unless we learn otherwise: the server closed us after a failed write
     try:
         with ended_when_client_leaves(client):
-            yield from _frames(hub, options, last_event_id, sampled)
+            if client is None:
+                yield from _frames(hub, options, last_event_id, sampled)
+            else:
+                yield from _written_by_the_hub(hub, options, last_event_id, client, chunked)
         ended = "draining"
     except ClientGone:
         ended = "client_gone"
@@ -109,6 +111,52 @@ def stream_board(
     finally:
         hub.leave(client_ip)
         STREAMS_ENDED.labels(ended).inc()
+
+
+def _written_by_the_hub(
+    hub: BoardHub, options: StreamOptions, last_event_id: int | None, client: socket.socket, chunked: bool
+) -> Iterator[bytes]:
+    """Under gunicorn: the first frame goes out through gunicorn (with the headers), the rest from the hub.
+
+    This greenlet then only wakes when the hub hands it a write a full socket
+    did not take, or to end the stream.
+    """
+    current = hub.latest
+    first, sent = retry_hint(options.retry_ms), 0
+    if current is not None:
+        sent = current.version
+        if last_event_id != current.version:
+            first += current.sse
+    yield first  # gunicorn has written the headers and this when the generator resumes
+    viewer = DirectViewer(client.fileno(), chunked, sent)
+    hub.attach(viewer)
+    try:
+        while not hub.draining:
+            viewer.wake.wait()
+            viewer.wake.clear()
+            _finish_pending_writes(hub, viewer, client)
+    finally:
+        hub.detach(viewer)
+    yield come_back_later(options)
+
+
+def _finish_pending_writes(hub: BoardHub, viewer: DirectViewer, client: socket.socket) -> None:
+    """The slow path: write what a full socket did not take, then catch up with the newest board.
+
+    Blocks only this greenlet, each write at most the socket's timeout
+    (SSE_WRITE_TIMEOUT_SECONDS); past it the viewer is dropped.
+    """
+    try:
+        while viewer.pending is not None:
+            client.sendall(viewer.pending)
+            viewer.sent, viewer.pending = viewer.pending_version, None
+            viewer.last_write = time.monotonic()
+            newest = hub.latest
+            if newest is not None and newest.version > viewer.sent:
+                viewer.pending, viewer.pending_version = viewer.bytes_of(newest), newest.version
+            hub.stats["frames_sent"] += 1
+    except OSError:  # timed out, reset or closed
+        raise ViewerDropped from None
 
 
 def _frames(hub: BoardHub, options: StreamOptions, last_event_id: int | None, sampled: bool) -> Iterator[bytes]:

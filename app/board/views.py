@@ -74,24 +74,32 @@ def page() -> Response:
 @bp.get("/events")
 def events() -> Response:
     """The live board as Server-Sent Events."""
+    if request.method == "HEAD":  # the headers only; no stream to keep open
+        return Response(mimetype="text/event-stream", headers=SSE_HEADERS)
     settings = current_app.extensions["settings"]
     hub = board_hub()
     # A new viewer gets the board at once, even before the listener's first
     # read; with Redis down it streams anyway (heartbeats now, the board later).
     with contextlib.suppress(redis.RedisError, SQLAlchemyError):
         hub.current()
+    # Under gunicorn the hub writes frames to the viewer's socket itself (see
+    # app.board.hub); other servers get the frames through the generator.
     socket = request.environ.get("gunicorn.socket")
     if socket is not None:
         # A viewer that stops reading blocks only its own greenlet, and only
         # this long: then the write fails and the stream is dropped.
         socket.settimeout(settings.sse_write_timeout_seconds)
+    # gunicorn frames an HTTP/1.1 body in chunks; the hub must frame its writes the same way.
+    chunked = request.environ.get("SERVER_PROTOCOL") == "HTTP/1.1"
     options = StreamOptions(
         retry_ms=settings.sse_retry_ms,
         heartbeat_seconds=settings.sse_heartbeat_seconds,
         coalesce_seconds=settings.sse_coalesce_ms / 1000,
     )
     last_event_id = parse_last_event_id(request.headers.get("Last-Event-ID"))
-    stream = stream_board(hub, options, last_event_id, client=socket, client_ip=request.remote_addr or "")
+    stream = stream_board(
+        hub, options, last_event_id, client=socket, client_ip=request.remote_addr or "", chunked=chunked
+    )
     response = Response(stream, mimetype="text/event-stream", headers=SSE_HEADERS)
     response.direct_passthrough = True
     return response
