@@ -49,13 +49,14 @@ class Sizes:
     """How much of everything: the full run, or the smoke run's crumbs."""
 
     write_connections: tuple[int, ...] = (16, 64, 256)
-    write_seconds: int = 10
+    write_seconds: int = 8
     write_users: int = 10_000
     viewer_counts: tuple[int, ...] = (1_000, 5_000, 10_000)
     change_rates: tuple[float, ...] = (1.0, 10.0)
     floor_rate: float = 5.0  # the floor: 10,000 viewers at 5 changes a second
-    change_seconds: float = 10.0
-    flask_sse_counts: tuple[int, ...] = (1_000, 5_000)
+    change_seconds: float = 8.0
+    # flask-sse's viewers and their rates: at 5,000 viewers it takes minutes to settle 10 changes/s.
+    flask_sse_stages: tuple[tuple[int, tuple[float, ...]], ...] = ((1_000, (1.0, 10.0)), (5_000, (1.0,)))
     e2e_viewers: int = 1_000
     e2e_rate: float = 200.0
     e2e_seconds: float = 15.0
@@ -71,7 +72,7 @@ SMOKE = Sizes(
     change_rates=(5.0,),
     floor_rate=5.0,
     change_seconds=1.0,
-    flask_sse_counts=(20,),
+    flask_sse_stages=((20, (5.0,)),),
     e2e_viewers=20,
     e2e_rate=20.0,
     e2e_seconds=2.0,
@@ -186,7 +187,8 @@ class Run:
             for connections in sizes.write_connections:
                 row: dict[str, Any] = {"connections": connections}
                 for name, server in (("ours", ours), ("reference", reference)):
-                    self.wrk(server.url, "score.lua", connections, 2, WRK_TOKENS=str(token_file))  # warm up
+                    warm_up = 1 if sizes.write_seconds < 5 else 2
+                    self.wrk(server.url, "score.lua", connections, warm_up, WRK_TOKENS=str(token_file))
                     pids = worker_pids(server)
                     cpu_before = sum(cpu_seconds(pid) for pid in pids)
                     result = self.wrk(
@@ -241,13 +243,12 @@ class Run:
         return processes
 
     def collect(self, processes: list[subprocess.Popen[str]], final: int) -> dict[str, Any]:
+        """End a round: every viewer process waits for `final`, then reports."""
         for process in processes:
             assert process.stdin is not None
             process.stdin.write(f"final {final}\n")
             process.stdin.flush()
         parts = [json.loads(process.stdout.readline()) for process in processes if process.stdout]
-        for process in processes:
-            process.wait(30)
         versions = [version for part in parts for version in part["versions"]]
         return {
             "viewers": len(versions),
@@ -256,6 +257,18 @@ class Run:
             "sampled": [frames for part in parts for frames in part["sampled"]],
             "generator_cpu_seconds": sum(part["cpu_seconds"] for part in parts),
         }
+
+    @staticmethod
+    def tell(processes: list[subprocess.Popen[str]], command: str) -> None:
+        for process in processes:
+            assert process.stdin is not None
+            process.stdin.write(command + "\n")
+            process.stdin.flush()
+
+    def dismiss(self, processes: list[subprocess.Popen[str]]) -> None:
+        self.tell(processes, "quit")
+        for process in processes:
+            process.wait(30)
 
     def publish_changes(self, cache: BoardCache, rate: float, seconds: float, start_total: int) -> int:
         """Change the board `rate` times a second through the real Lua script; returns the last version."""
@@ -276,43 +289,63 @@ class Run:
         """Publish-to-viewer seconds of every frame the sampled viewers got after `after`."""
         return [received - ts for frames in sampled for received, _, ts, _ in frames if ts >= after]
 
-    def fanout_stage(
-        self, url: str, count: int, rate: float, worker: int, publish: Any, redis_connections: Any
-    ) -> dict[str, Any]:
-        """Connect `count` viewers, measure them idle, change the board `rate` times a second, collect."""
+    def fanout_rounds(
+        self, url: str, count: int, rates: tuple[float, ...], worker: int, publish: Any, redis_connections: Any
+    ) -> list[dict[str, Any]]:
+        """Connect `count` viewers once, measure them idle, then one round per rate of board changes."""
         sample = max(1, count // 200)  # about 200 viewers time every frame
         time.sleep(1)
         rss_before = rss_kb(worker)
         processes = self.crowd(url, count, sample)
-        time.sleep(2)
-        rss_idle = rss_kb(worker)
-        connections = redis_connections()
-        started = time.time()
-        cpu_before = cpu_seconds(worker)
-        final = publish(rate, self.sizes.change_seconds)
-        cpu = (cpu_seconds(worker) - cpu_before) / self.sizes.change_seconds
-        outcome = self.collect(processes, final)
-        latencies = self.latencies(outcome["sampled"], started)
-        return {
-            "viewers": count,
-            "rate": rate,
-            "rss_per_viewer_kb": (rss_idle - rss_before) / count,
-            "redis_connections": connections,
-            "server_cpu": cpu,
-            "at_final": outcome["at_final"],
-            "open": outcome["open"],
-            "p50_ms": (percentile(latencies, 50) or 0) * 1000,
-            "p99_ms": (percentile(latencies, 99) or 0) * 1000,
-            "frames_timed": len(latencies),
-            "generator_cpu": outcome["generator_cpu_seconds"] / self.sizes.change_seconds,
-        }
+        try:
+            time.sleep(2)
+            rss_idle = rss_kb(worker)
+            connections = redis_connections()
+            rows = []
+            for rate in rates:
+                self.tell(processes, "mark")
+                started = time.time()
+                cpu_before = cpu_seconds(worker)
+                final = publish(rate, self.sizes.change_seconds)
+                cpu = (cpu_seconds(worker) - cpu_before) / self.sizes.change_seconds
+                outcome = self.collect(processes, final)
+                latencies = self.latencies(outcome["sampled"], started)
+                rows.append(
+                    {
+                        "viewers": count,
+                        "rate": rate,
+                        "seconds": self.sizes.change_seconds,
+                        "rss_per_viewer_kb": (rss_idle - rss_before) / count,
+                        "redis_connections": connections,
+                        "server_cpu": cpu,
+                        "at_final": outcome["at_final"],
+                        "open": outcome["open"],
+                        "p50_ms": (percentile(latencies, 50) or 0) * 1000,
+                        "p99_ms": (percentile(latencies, 99) or 0) * 1000,
+                        "frames_timed": len(latencies),
+                        "generator_cpu": outcome["generator_cpu_seconds"] / self.sizes.change_seconds,
+                    }
+                )
+                row = rows[-1]
+                print(
+                    f"{url.rsplit('/', 1)[1]} {count} viewers at {rate:g}/s: p50 {row['p50_ms']:.0f} ms"
+                    f" p99 {row['p99_ms']:.0f} ms, {row['at_final']}/{count} at final,"
+                    f" {row['rss_per_viewer_kb']:.1f} KB/viewer, {row['redis_connections']} Redis connections",
+                    flush=True,
+                )
+            return rows
+        finally:
+            self.dismiss(processes)
 
     def fanout(self) -> None:
         sizes = self.sizes
-        board = self.serve("wsgi_board", workers=1, SSE_MAX_VIEWERS="12000")
+        # A board of its own, with no rows in SQL: the changes go straight through the
+        # Lua script, and the keeper has nothing to reconcile them with.
+        name = f"{self.tag}fan"
+        board = self.serve("wsgi_board", workers=1, SSE_MAX_VIEWERS="12000", LEADERBOARD_ID=name)
         cache = BoardCache(
             redis.Redis.from_url(REDIS_URL, decode_responses=True),
-            Board(self.tag, top_n=10, channel=self.env["REDIS_CHANNEL"], max_increment=10**6),
+            Board(name, top_n=10, channel=self.env["REDIS_CHANNEL"], max_increment=10**6),
         )
         worker = worker_pids(board)[0]
         ours_rows: list[dict[str, Any]] = []
@@ -329,16 +362,7 @@ class Run:
         try:
             for count in sizes.viewer_counts:
                 rates = sizes.change_rates + ((sizes.floor_rate,) if count == max(sizes.viewer_counts) else ())
-                # A crowd per rate, so each gets its own completeness and latency figures.
-                for rate in rates:
-                    row = self.fanout_stage(f"{board.url}/events", count, rate, worker, publish, our_connections)
-                    ours_rows.append(row)
-                    print(
-                        f"fan-out {count} viewers at {rate}/s: p50 {row['p50_ms']:.0f} ms p99 {row['p99_ms']:.0f} ms,"
-                        f" {row['at_final']}/{count} at final, {row['rss_per_viewer_kb']:.1f} KB/viewer,"
-                        f" {row['redis_connections']} Redis connections",
-                        flush=True,
-                    )
+                ours_rows += self.fanout_rounds(f"{board.url}/events", count, rates, worker, publish, our_connections)
         finally:
             board.stop()
             cache.redis.close()
@@ -376,16 +400,9 @@ class Run:
 
         rows = []
         try:
-            for count in sizes.flask_sse_counts:
+            for count, rates in sizes.flask_sse_stages:
                 baseline[0] = int(self.redis.info("clients")["connected_clients"])
-                for rate in sizes.change_rates:
-                    row = self.fanout_stage(f"{server.url}/stream", count, rate, worker, publish, connections)
-                    rows.append(row)
-                    print(
-                        f"flask-sse {count} viewers at {rate}/s: p50 {row['p50_ms']:.0f} ms p99 {row['p99_ms']:.0f} ms,"
-                        f" {row['at_final']}/{count} at final, {row['redis_connections']} Redis connections",
-                        flush=True,
-                    )
+                rows += self.fanout_rounds(f"{server.url}/stream", count, rates, worker, publish, connections)
         finally:
             server.stop()
             publisher.close()
@@ -411,6 +428,7 @@ class Run:
             written = json.loads(writer.stdout)
             final = int(self.redis.get(BoardKeys.for_board(f"{self.tag}e2e").version) or 0)
             outcome = self.collect(processes, final)
+            self.dismiss(processes)
         finally:
             increment.stop()
             board.stop()

@@ -3,21 +3,25 @@
     python -m bench.viewers --url http://127.0.0.1:8001/events --count 5000 --sample 100
 
 Prints `ready` once every viewer has its first frame, then keeps reading.
-On stdin, `final <version>` means: wait (up to --settle seconds) until every
-viewer has that version, then print one JSON line with the results and exit.
+Commands on stdin, one per line:
+  `mark`             start a round: forget the frames recorded so far, and the CPU used;
+  `final <version>`  wait (up to --settle seconds) until every viewer has that version,
+                     then print one JSON line with the round's results;
+  `quit`             close everything and exit.
 
-Most viewers only track the last `id:` they saw (cheap: a byte search per
-read). Every --sample-th viewer parses its frames fully and records, per
-frame, when it arrived and the `ts` (Redis time of the PUBLISH) and `top` in
-it, so latencies can be computed afterwards. Kept simple and cheap so the
-generator is not the bottleneck; it reports its own CPU time.
+Every --sample-th viewer reads as soon as data arrives (epoll) and records,
+per frame, when it arrived and the `ts` (Redis time of the PUBLISH) and `top`
+in it, so latencies can be computed afterwards. The others are read in a
+sweep every --sweep seconds and only track the last `id:` they saw: the
+server writes to every socket all the same (the kernel keeps what a sweep has
+not read yet), but the generator spends a fraction of the CPU, so it is not
+the bottleneck. It reports its own CPU time.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import re
 import resource
 import selectors
 import socket
@@ -28,8 +32,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from tests.sse_client import ChunkedDecoder
-
-_LAST_ID = re.compile(rb"(?:^|\n)id:\s?(\d+)\n")
 
 
 @dataclass
@@ -66,7 +68,9 @@ def _parse_sampled(viewer: Viewer, now: float) -> None:
 
 
 class Crowd:
-    def __init__(self, url: str, count: int, sample_every: int) -> None:
+    def __init__(self, url: str, count: int, sample_every: int, sweep_seconds: float = 0.5) -> None:
+        self.sweep_seconds = sweep_seconds
+        self.last_sweep = 0.0
         parts = urlsplit(url)
         self.address = (parts.hostname or "127.0.0.1", parts.port or 80)
         self.request = (
@@ -87,16 +91,27 @@ class Crowd:
                 sock.setblocking(False)
                 viewer = Viewer(sock, sampled=self.sample_every > 0 and index % self.sample_every == 0)
                 self.viewers.append(viewer)
-                self.selector.register(sock, selectors.EVENT_READ, viewer)
+                if viewer.sampled:
+                    self.selector.register(sock, selectors.EVENT_READ, viewer)
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline and any(v.version == 0 and not v.closed for v in self.viewers[start:]):
                 self.pump(0.05)
+                self.sweep()
 
     def pump(self, seconds: float) -> None:
+        """Read the sampled viewers as data comes, and sweep the others on schedule."""
         deadline = time.monotonic() + seconds
         while (remaining := deadline - time.monotonic()) > 0:
             for key, _ in self.selector.select(timeout=min(remaining, 0.05)):
                 self._read(key.data)
+            if time.monotonic() - self.last_sweep >= self.sweep_seconds:
+                self.sweep()
+
+    def sweep(self) -> None:
+        self.last_sweep = time.monotonic()
+        for viewer in self.viewers:
+            if not viewer.sampled and not viewer.closed:
+                self._read(viewer)
 
     def _read(self, viewer: Viewer) -> None:
         try:
@@ -108,7 +123,8 @@ class Crowd:
         now = time.time()
         if not data:
             viewer.closed = True
-            self.selector.unregister(viewer.sock)
+            if viewer.sampled:
+                self.selector.unregister(viewer.sock)
             viewer.sock.close()
             return
         if viewer.status is None:
@@ -123,10 +139,17 @@ class Crowd:
             _parse_sampled(viewer, now)
             return
         window = viewer.tail + data
-        found = _LAST_ID.findall(window)
-        if found:
-            viewer.version = max(viewer.version, int(found[-1]))
+        last = window.rfind(b"\nid:")  # the newest `id:` line is all these viewers need
+        if last >= 0:
+            end = window.find(b"\n", last + 4)
+            if end > 0:
+                viewer.version = max(viewer.version, int(window[last + 4 : end]))
         viewer.tail = window[-64:]
+
+    def mark(self) -> float:
+        for viewer in self.viewers:
+            viewer.frames.clear()
+        return cpu_now()
 
     def results(self, cpu_at_ready: float) -> dict[str, Any]:
         return {
@@ -134,7 +157,7 @@ class Crowd:
             "open": sum(1 for v in self.viewers if not v.closed),
             "versions": [v.version for v in self.viewers],
             "sampled": [[list(frame) for frame in v.frames] for v in self.viewers if v.sampled],
-            "cpu_seconds": cpu_now() - cpu_at_ready,  # after every viewer had connected
+            "cpu_seconds": cpu_now() - cpu_at_ready,  # since the round began
         }
 
 
@@ -154,22 +177,25 @@ def main() -> None:
     started = time.monotonic()
     crowd.connect()
     print(f"ready {time.monotonic() - started:.2f}", flush=True)
-    cpu_at_ready = cpu_now()
+    round_began = crowd.mark()
     selector_in = selectors.DefaultSelector()
     selector_in.register(sys.stdin, selectors.EVENT_READ)
     while True:
         crowd.pump(0.2)
-        if selector_in.select(timeout=0):
-            command = sys.stdin.readline().split()
-            if not command or command[0] == "quit":
-                break
-            if command[0] == "final":
-                final = int(command[1])
-                deadline = time.monotonic() + args.settle
-                while time.monotonic() < deadline and any(v.version < final and not v.closed for v in crowd.viewers):
-                    crowd.pump(0.1)
-                break
-    print(json.dumps(crowd.results(cpu_at_ready)), flush=True)
+        if not selector_in.select(timeout=0):
+            continue
+        command = sys.stdin.readline().split()
+        if not command or command[0] == "quit":
+            break
+        if command[0] == "mark":
+            round_began = crowd.mark()
+        elif command[0] == "final":
+            final = int(command[1])
+            deadline = time.monotonic() + args.settle
+            while time.monotonic() < deadline and any(v.version < final and not v.closed for v in crowd.viewers):
+                crowd.pump(0.1)
+                crowd.sweep()
+            print(json.dumps(crowd.results(round_began)), flush=True)
 
 
 if __name__ == "__main__":
