@@ -26,6 +26,12 @@ test: $(STAMP) ## Run the whole test suite against real PostgreSQL and Redis
 	scripts/ensure-services.sh redis redis://127.0.0.1:6379
 	$(PY) -m pytest
 
+bench: $(STAMP) ## Benchmarks (about 10 minutes): writes BENCHMARKS.md and bench/results.json
+	@command -v wrk >/dev/null || { echo "wrk is needed: apt-get install wrk"; exit 1; }
+	scripts/ensure-services.sh postgres
+	scripts/ensure-services.sh redis redis://127.0.0.1:6379
+	$(PY) -m bench.run
+
 lint: $(STAMP) ## ruff (lint and format check) and mypy
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -47,4 +53,4 @@ demo: $(STAMP) ## Start both services with a score generator; open the board pag
 clean: ## Remove the virtualenv, caches and the local SQLite database
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache instance .run
 
-.PHONY: help install run demo test lint format migrate token clean
+.PHONY: help install run demo test bench lint format migrate token clean

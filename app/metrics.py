@@ -43,7 +43,7 @@ STREAMS_ENDED = Counter(
 HUB_RECONNECTS = Counter("leaderboard_hub_reconnects_total", "Times a board worker re-subscribed to Redis.")
 PUBLISH_TO_SEND_SECONDS = Histogram(
     "leaderboard_publish_to_send_seconds",
-    "From the PUBLISH in Redis to the frame written to a viewer (sampled: about 1 viewer in 100).",
+    "From the PUBLISH in Redis to the frame written to every viewer of the worker (once per board change).",
     buckets=LATENCY_BUCKETS,
 )
 

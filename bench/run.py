@@ -211,7 +211,7 @@ class Run:
 
     # -- 2. fan-out -------------------------------------------------------
 
-    def crowd(self, url: str, count: int, sample: int) -> list[subprocess.Popen[str]]:
+    def crowd(self, url: str, count: int, sample: int, ready: str = "frame") -> list[subprocess.Popen[str]]:
         """Viewer processes, split so that each holds at most 5,000 connections."""
         parts = max(1, -(-count // 5000))
         processes = []
@@ -229,6 +229,8 @@ class Run:
                         str(share),
                         "--sample",
                         str(sample),
+                        "--ready",
+                        ready,
                     ],
                     cwd=ROOT,
                     stdin=subprocess.PIPE,
@@ -290,13 +292,27 @@ class Run:
         return [received - ts for frames in sampled for received, _, ts, _ in frames if ts >= after]
 
     def fanout_rounds(
-        self, url: str, count: int, rates: tuple[float, ...], worker: int, publish: Any, redis_connections: Any
+        self,
+        url: str,
+        count: int,
+        rates: tuple[float, ...],
+        worker: int,
+        publish: Any,
+        redis_connections: Any,
+        subscribed: Any = None,
     ) -> list[dict[str, Any]]:
-        """Connect `count` viewers once, measure them idle, then one round per rate of board changes."""
+        """Connect `count` viewers once, measure them idle, then one round per rate of board changes.
+
+        `subscribed(count)`, when given, tells when the server holds every viewer (for a
+        server that sends nothing until the first change).
+        """
         sample = max(1, count // 200)  # about 200 viewers time every frame
         time.sleep(1)
         rss_before = rss_kb(worker)
-        processes = self.crowd(url, count, sample)
+        processes = self.crowd(url, count, sample, ready="frame" if subscribed is None else "connected")
+        deadline = time.monotonic() + 120
+        while subscribed is not None and not subscribed(count) and time.monotonic() < deadline:
+            time.sleep(0.2)
         try:
             time.sleep(2)
             rss_idle = rss_kb(worker)
@@ -367,9 +383,11 @@ class Run:
             board.stop()
             cache.redis.close()
         self.results["fanout"] = ours_rows
-        self.results["flask_sse"] = self.flask_sse()
 
-    def flask_sse(self) -> list[dict[str, Any]]:
+    def flask_sse(self) -> None:
+        self.results["flask_sse"] = self.flask_sse_rows()
+
+    def flask_sse_rows(self) -> list[dict[str, Any]]:
         sizes = self.sizes
         server = self.serve("bench.flask_sse_app", workers=1)
         worker = worker_pids(server)[0]
@@ -402,7 +420,15 @@ class Run:
         try:
             for count, rates in sizes.flask_sse_stages:
                 baseline[0] = int(self.redis.info("clients")["connected_clients"])
-                rows += self.fanout_rounds(f"{server.url}/stream", count, rates, worker, publish, connections)
+                rows += self.fanout_rounds(
+                    f"{server.url}/stream",
+                    count,
+                    rates,
+                    worker,
+                    publish,
+                    connections,
+                    subscribed=lambda n: self.redis.pubsub_numsub("sse")[0][1] >= n,
+                )
         finally:
             server.stop()
             publisher.close()
@@ -499,7 +525,7 @@ class Run:
         print(f"ranks: p50 {result['p50_us'] / 1000:.1f} ms p99 {result['p99_us'] / 1000:.1f} ms", flush=True)
 
 
-SECTIONS = ["writes", "fanout", "end_to_end", "ranks"]
+SECTIONS = ["writes", "fanout", "flask_sse", "end_to_end", "ranks"]
 
 
 def machine() -> dict[str, Any]:
@@ -549,8 +575,11 @@ def main() -> None:
         run.results["machine"] = machine()
         run.results["smoke"] = args.smoke
         with run.database_of_our_own():
+            run.results["section_seconds"] = {}
             for section in args.only:
+                began = time.monotonic()
                 getattr(run, section)()
+                run.results["section_seconds"][section] = round(time.monotonic() - began)
         run.results["seconds"] = time.monotonic() - started
     results_file = args.out / "bench" / "results.json"
     results_file.parent.mkdir(parents=True, exist_ok=True)

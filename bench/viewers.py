@@ -82,8 +82,12 @@ class Crowd:
         self.viewers: list[Viewer] = []
         self.refused = 0
 
-    def connect(self, batch: int = 250) -> None:
-        """Open the connections a batch at a time, so the server's listen backlog never overflows."""
+    def connect(self, batch: int = 250, wait_for_frames: bool = True) -> None:
+        """Open the connections a batch at a time, so the server's listen backlog never overflows.
+
+        With `wait_for_frames`, each batch waits for its first frames (a server that sends
+        nothing until the first change, like flask-sse, cannot be waited for that way).
+        """
         for start in range(0, self.count, batch):
             for index in range(start, min(start + batch, self.count)):
                 sock = socket.create_connection(self.address, timeout=30)
@@ -93,7 +97,7 @@ class Crowd:
                 self.viewers.append(viewer)
                 if viewer.sampled:
                     self.selector.register(sock, selectors.EVENT_READ, viewer)
-            deadline = time.monotonic() + 30
+            deadline = time.monotonic() + (30 if wait_for_frames else 0)
             while time.monotonic() < deadline and any(v.version == 0 and not v.closed for v in self.viewers[start:]):
                 self.pump(0.05)
                 self.sweep()
@@ -172,10 +176,13 @@ def main() -> None:
     parser.add_argument("--count", type=int, required=True)
     parser.add_argument("--sample", type=int, default=100, help="every Nth viewer records its frames (0: none)")
     parser.add_argument("--settle", type=float, default=15.0)
+    parser.add_argument(
+        "--ready", choices=["frame", "connected"], default="frame", help="when to say ready: first frames, or connected"
+    )
     args = parser.parse_args()
     crowd = Crowd(args.url, args.count, args.sample)
     started = time.monotonic()
-    crowd.connect()
+    crowd.connect(wait_for_frames=args.ready == "frame")
     print(f"ready {time.monotonic() - started:.2f}", flush=True)
     round_began = crowd.mark()
     selector_in = selectors.DefaultSelector()

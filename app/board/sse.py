@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import gevent
 
 from app.board.hub import HEARTBEAT, BoardHub, ClientGone, DirectViewer
-from app.metrics import PUBLISH_TO_SEND_SECONDS, STREAMS_ENDED
+from app.metrics import STREAMS_ENDED
 
 
 @dataclass(frozen=True)
@@ -95,13 +95,11 @@ def stream_board(
     if not hub.join(client_ip):
         yield come_back_later(options)
         return
-    # About one stream in a hundred times its frames from PUBLISH to written.
-    sampled = hub.stats["streams"] % 100 == 1
     ended = "dropped"  # unless we learn otherwise: the server closed us after a failed write
     try:
         with ended_when_client_leaves(client):
             if client is None:
-                yield from _frames(hub, options, last_event_id, sampled)
+                yield from _frames(hub, options, last_event_id)
             else:
                 yield from _written_by_the_hub(hub, options, last_event_id, client, chunked)
         ended = "draining"
@@ -159,7 +157,8 @@ def _finish_pending_writes(hub: BoardHub, viewer: DirectViewer, client: socket.s
         raise ViewerDropped from None
 
 
-def _frames(hub: BoardHub, options: StreamOptions, last_event_id: int | None, sampled: bool) -> Iterator[bytes]:
+def _frames(hub: BoardHub, options: StreamOptions, last_event_id: int | None) -> Iterator[bytes]:
+    """Not under gunicorn (no socket to write to): every newer board, yielded."""
     current = hub.latest
     sent = last_event_id if current is not None and last_event_id == current.version else 0
     yield retry_hint(options.retry_ms)
@@ -174,8 +173,6 @@ def _frames(hub: BoardHub, options: StreamOptions, last_event_id: int | None, sa
                 continue
             yield frame.sse
             hub.stats["frames_sent"] += 1
-            if sampled:
-                PUBLISH_TO_SEND_SECONDS.observe(max(0.0, time.time() - frame.published_at))
             sent, last_sent = frame.version, time.monotonic()
             next_heartbeat = last_sent + options.heartbeat_seconds
         elif now >= next_heartbeat:

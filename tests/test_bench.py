@@ -1,0 +1,38 @@
+"""The benchmark harness still runs: `python -m bench.run --smoke`, tiny sizes (not figures to quote)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.servers import ROOT
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.mark.timeout(300)
+def test_the_harness_runs_every_section_and_writes_its_report(tmp_path: Path) -> None:
+    assert shutil.which("wrk"), "wrk is needed (Debian package wrk; .ci/run installs it)"
+    subprocess.run([sys.executable, "-m", "bench.run", "--smoke", "--out", str(tmp_path)], cwd=ROOT, check=True)
+    results = json.loads((tmp_path / "bench" / "results.json").read_text())
+    assert results["smoke"] is True
+    assert results["synchronous_commit"] == "on"
+    [writes] = results["writes"]["rows"]
+    assert writes["ours"]["requests"] > 0
+    assert writes["reference"]["requests"] > 0
+    assert writes["ours"]["status_errors"] == 0
+    for row in results["fanout"] + results["flask_sse"]:
+        assert row["at_final"] == row["viewers"]
+        assert row["frames_timed"] > 0
+    assert {row["redis_connections"] for row in results["fanout"]} == {2}  # a subscription and a pooled one
+    assert results["end_to_end"]["samples"] > 0
+    assert results["ranks"]["requests"] > 0
+    report = (tmp_path / "BENCHMARKS.md").read_text()
+    for heading in ("## Floors", "## 1. Writes", "## 2. Fan-out", "## 3. End to end", "## 4. Rank lookup"):
+        assert heading in report
+    assert "Smoke run" in report
