@@ -23,7 +23,6 @@ from sqlalchemy.orm import Session
 from app import submissions
 from app.metrics import REBUILDS, REDIS_SCRIPT_SECONDS
 from app.models import IdempotencyKey, Score
-from app.ranks import exact_rank
 from config.settings import MAX_SAFE_TOTAL
 
 log = logging.getLogger(__name__)
@@ -295,17 +294,6 @@ def top_standings(session: Session, board: Board) -> list[Standing]:
         .limit(board.top_n)
     )
     return [Standing(user_id=r.user_id, total=r.total, reached_at=r.reached_at, rank_key=r.rank_key) for r in rows]
-
-
-def user_standing(session: Session, board: Board, user_id: str) -> tuple[Standing, int] | None:
-    """The user's standing and exact rank among everyone on the board, or None if they never scored."""
-    row = session.execute(
-        select(Score.total, Score.reached_at, Score.rank_key).where(Score.board == board.name, Score.user_id == user_id)
-    ).one_or_none()
-    if row is None:
-        return None
-    standing = Standing(user_id=user_id, total=row.total, reached_at=row.reached_at, rank_key=row.rank_key)
-    return standing, exact_rank(session, board.name, row.rank_key)
 
 
 # -- The write path ----------------------------------------------------------

@@ -33,6 +33,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from app.models import RankBucket, RankDelta, Score
+from app.sql import fetch_one
 
 log = logging.getLogger(__name__)
 
@@ -47,28 +48,50 @@ COMPACT_AT_BACKLOG = 20_000
 COMPACT_AT_AGE_SECONDS = 60.0
 
 
-# The 1-based rank of :key among all rows of :board, exactly, in one snapshot:
-# users before the bucket's start at the last compaction, plus the changes
-# before that start since, plus the live rows from the start up to :key.
-RANK_OF_KEY = text(
-    """
-    WITH bucket AS (
+# The bucket `key` falls in: the last boundary at or before it.
+_BUCKET = """
+    bucket AS (
         SELECT start_key, users_before FROM rank_buckets
-        WHERE board = :board AND start_key <= :key
+        WHERE board = :board AND start_key <= {key}
         ORDER BY start_key DESC LIMIT 1
     )
-    SELECT coalesce((SELECT users_before FROM bucket), 0)
-         + coalesce((SELECT sum(delta) FROM rank_deltas
-                     WHERE board = :board AND rank_key < coalesce((SELECT start_key FROM bucket), '')), 0)
-         + (SELECT count(*) FROM scores
-            WHERE board = :board AND rank_key >= coalesce((SELECT start_key FROM bucket), '') AND rank_key < :key)
-         + 1
-    """
+"""
+
+# The 1-based rank of `key`, exactly, in one snapshot: the users before the
+# bucket's start at the last compaction, plus the changes before that start
+# since, plus the live rows from the start up to `key`.
+_RANK = """
+    coalesce((SELECT users_before FROM bucket), 0)
+    + coalesce((SELECT sum(delta) FROM rank_deltas
+                WHERE board = :board AND rank_key < coalesce((SELECT start_key FROM bucket), '')), 0)
+    + (SELECT count(*) FROM scores
+       WHERE board = :board AND rank_key >= coalesce((SELECT start_key FROM bucket), '') AND rank_key < {key})
+    + 1
+"""
+
+RANK_OF_KEY = "WITH" + _BUCKET.format(key=":key") + "SELECT" + _RANK.format(key=":key")
+
+# A user's total and rank, one statement: their key is read in the same snapshot.
+USER_RANK = (
+    "WITH me AS (SELECT total, rank_key FROM scores WHERE board = :board AND user_id = :user_id),"
+    + _BUCKET.format(key="(SELECT rank_key FROM me)")
+    + "SELECT me.total,"
+    + _RANK.format(key="me.rank_key")
+    + "FROM me"
 )
 
 
-def exact_rank(session: Session, board: str, rank_key: str) -> int:
-    return int(session.execute(RANK_OF_KEY, {"board": board, "key": rank_key}).scalar_one())
+def exact_rank(engine: Engine, board: str, rank_key: str) -> int:
+    """The 1-based rank of `rank_key` among all rows of `board`."""
+    row = fetch_one(engine, RANK_OF_KEY, {"board": board, "key": rank_key})
+    assert row is not None
+    return int(row[0])
+
+
+def user_rank(engine: Engine, board: str, user_id: str) -> tuple[int, int] | None:
+    """The user's total and exact rank among everyone on `board`, or None if they never scored."""
+    row = fetch_one(engine, USER_RANK, {"board": board, "user_id": user_id})
+    return None if row is None else (int(row[0]), int(row[1]))
 
 
 def rank_backlog(connection: Connection | Session, board: str, limit: int = COMPACT_AT_BACKLOG) -> int:

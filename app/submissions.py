@@ -18,24 +18,15 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine
-from sqlalchemy.exc import DBAPIError
+
+from app.sql import adapt, dbapi_connection
 
 IDEMPOTENCY_TTL = timedelta(hours=24)
-
-# The database's own clock: when the user reached their new total. On
-# PostgreSQL clock_timestamp(), not now(): the time of this statement, after
-# any lock wait, not the start of the transaction. On SQLite, milliseconds
-# padded to the six digits SQLAlchemy stores, so values compare as text.
-_NOW = {
-    "postgresql": "(clock_timestamp() AT TIME ZONE 'UTC')",
-    "sqlite": "strftime('%Y-%m-%d %H:%M:%f000', 'now')",
-}
 
 _UPSERT = """
     INSERT INTO scores (board, user_id, total, reached_at, version)
@@ -86,14 +77,6 @@ _STORE_ANSWER = """
 """
 
 
-def _for(dialect: str, sql: str) -> str:
-    """`sql` for one database: its clock, and its DBAPI's parameter style."""
-    text = sql.replace("{now}", _NOW[dialect])
-    if dialect == "postgresql":  # psycopg2 takes %(name)s
-        text = re.sub(r"(?<!:):(\w+)", r"%(\1)s", text)
-    return text
-
-
 @dataclass(frozen=True)
 class Statements:
     upsert: str
@@ -104,29 +87,20 @@ class Statements:
     store_answer: str
 
     @classmethod
-    def for_dialect(cls, dialect: str) -> Statements:
-        if dialect not in _NOW:
-            raise RuntimeError(f"unsupported database: {dialect}")
+    def for_engine(cls, engine: Engine) -> Statements:
+        postgres = engine.dialect.name == "postgresql"
         return cls(
-            upsert=_for(dialect, _UPSERT),
-            ahead=_for(dialect, _AHEAD),
-            upsert_and_ahead=_for(dialect, _UPSERT_AND_AHEAD.replace("{upsert}", _UPSERT))
-            if dialect == "postgresql"
-            else None,
-            claim_key=_for(dialect, _CLAIM_KEY),
-            read_key=_for(dialect, _READ_KEY),
-            store_answer=_for(dialect, _STORE_ANSWER),
+            upsert=adapt(engine, _UPSERT),
+            ahead=adapt(engine, _AHEAD),
+            upsert_and_ahead=adapt(engine, _UPSERT_AND_AHEAD.replace("{upsert}", _UPSERT)) if postgres else None,
+            claim_key=adapt(engine, _CLAIM_KEY),
+            read_key=adapt(engine, _READ_KEY),
+            store_answer=adapt(engine, _STORE_ANSWER),
         )
 
 
-_STATEMENTS: dict[str, Statements] = {}
-
-
 def statements(engine: Engine) -> Statements:
-    dialect = engine.dialect.name
-    if dialect not in _STATEMENTS:
-        _STATEMENTS[dialect] = Statements.for_dialect(dialect)
-    return _STATEMENTS[dialect]
+    return Statements.for_engine(engine)
 
 
 @dataclass(frozen=True)
@@ -171,25 +145,10 @@ def record(
     errors are raised as SQLAlchemy's (the app answers them with a 503).
     """
     params = {"board": board, "user_id": user_id, "increment": increment, "max_total": max_total, "top_n": top_n}
-    pooled = None
-    try:
-        pooled = engine.raw_connection()
+    with dbapi_connection(engine) as connection:
         if key is None and engine.dialect.name == "postgresql":
-            return _in_one_statement(statements(engine), pooled.dbapi_connection, params)
-        return _in_a_transaction(engine, pooled.dbapi_connection, params, key, answer, now)
-    except engine.dialect.loaded_dbapi.Error as error:
-        # As SQLAlchemy does for its own statements: a lost connection leaves
-        # the pool (the others are pinged before their next use), and the
-        # error is raised as SQLAlchemy's.
-        disconnected = pooled is not None and bool(engine.dialect.is_disconnect(error, pooled.dbapi_connection, None))
-        if disconnected and pooled is not None:
-            pooled.invalidate(error)
-        raise DBAPIError.instance(
-            None, None, error, engine.dialect.loaded_dbapi.Error, connection_invalidated=disconnected
-        ) from error
-    finally:
-        if pooled is not None:
-            pooled.close()
+            return _in_one_statement(statements(engine), connection, params)
+        return _in_a_transaction(engine, connection, params, key, answer, now)
 
 
 def _in_one_statement(sql: Statements, connection: Any, params: dict[str, Any]) -> Recorded:

@@ -28,7 +28,7 @@ cache = BoardCache(
     redis.Redis.from_url(settings.redis_url, decode_responses=True),
     Board(settings.leaderboard_id, settings.top_n, settings.redis_channel, settings.score_max_increment),
 )
-UPSERT = Statements.for_dialect("postgresql").upsert
+UPSERT = Statements.for_engine(engine).upsert
 app = Flask("reference")
 
 

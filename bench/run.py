@@ -14,6 +14,7 @@ bench.writer) and report their CPU time.
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 import os
 import platform
@@ -411,15 +412,13 @@ class Run:
                 publisher.publish("sse", json.dumps({"data": json.dumps(message), "id": version[0]}))
             return version[0]
 
-        baseline = [0]
-
         def connections() -> int:
-            return int(self.redis.info("clients")["connected_clients"]) - baseline[0]
+            # Each flask-sse viewer holds a Redis connection for its own subscription.
+            return int(self.redis.pubsub_numsub("sse")[0][1])
 
         rows = []
         try:
             for count, rates in sizes.flask_sse_stages:
-                baseline[0] = int(self.redis.info("clients")["connected_clients"])
                 rows += self.fanout_rounds(
                     f"{server.url}/stream",
                     count,
@@ -459,14 +458,20 @@ class Run:
             increment.stop()
             board.stop()
         latencies = []
-        for sent, user, total in written["accepted"]:
-            for frames in outcome["sampled"]:
-                seen = next(
-                    (received for received, _, _, top in frames if any(u == user and int(s) >= total for u, s in top)),
-                    None,
-                )
-                if seen is not None:
-                    latencies.append(seen - sent)
+        for frames in outcome["sampled"]:
+            # Per user, in arrival order: when this viewer saw which total (totals only grow).
+            seen: dict[str, tuple[list[int], list[float]]] = {}
+            for received, _, _, top in frames:
+                for user, score in top:
+                    totals, times = seen.setdefault(user, ([], []))
+                    if not totals or int(score) > totals[-1]:
+                        totals.append(int(score))
+                        times.append(received)
+            for sent, user, total in written["accepted"]:
+                totals, times = seen.get(user, ([], []))
+                first = bisect.bisect_left(totals, total)
+                if first < len(totals):
+                    latencies.append(times[first] - sent)
         self.results["end_to_end"] = {
             "viewers": sizes.e2e_viewers,
             "rate": sizes.e2e_rate,

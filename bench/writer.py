@@ -3,21 +3,25 @@
     python -m bench.writer --url http://127.0.0.1:8000 --tokens tokens.json --rate 200 --seconds 15
 
 Sends on schedule whatever the answers do (a slow server does not slow the
-load down), and prints one JSON line: for every accepted write, when it was
-sent, for whom, and the total it produced; plus its own CPU time.
+load down), from a few threads each holding a keep-alive connection
+(http.client: light, so the writer is not the bottleneck), and prints one
+JSON line: for every accepted write, when it was sent, for whom, and the
+total it produced; plus its own CPU time.
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
+import queue
 import random
 import resource
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urlsplit
 
-import requests
+THREADS = 16
 
 
 def main() -> None:
@@ -30,39 +34,47 @@ def main() -> None:
     with open(args.tokens) as handle:
         tokens: dict[str, str] = json.load(handle)
     users = sorted(tokens)
-    local = threading.local()
+    address = urlsplit(args.url)
+    jobs: queue.Queue[str | None] = queue.Queue()
     accepted: list[tuple[float, str, int]] = []
     failed: dict[str, int] = {}
     lock = threading.Lock()
 
-    def send(user: str) -> None:
-        if not hasattr(local, "session"):
-            local.session = requests.Session()
-        sent = time.time()
-        try:
-            answer = local.session.post(
-                f"{args.url}/score",
-                json={"score": random.randint(1, 50)},
-                headers={"Authorization": f"Bearer {tokens[user]}"},
-                timeout=10,
-            )
-            outcome = str(answer.status_code)
-        except requests.RequestException as exc:
-            outcome = type(exc).__name__
-        with lock:
-            if outcome == "200":
-                accepted.append((sent, user, answer.json()["score"]))
-            else:
-                failed[outcome] = failed.get(outcome, 0) + 1
+    def sender() -> None:
+        connection = http.client.HTTPConnection(address.hostname, address.port, timeout=10)
+        while (user := jobs.get()) is not None:
+            body = json.dumps({"score": random.randint(1, 50)})
+            headers = {"Authorization": f"Bearer {tokens[user]}", "Content-Type": "application/json"}
+            sent = time.time()
+            try:
+                connection.request("POST", "/score", body, headers)
+                answer = connection.getresponse()
+                payload = answer.read()
+                outcome = str(answer.status)
+            except (OSError, http.client.HTTPException) as exc:
+                connection.close()
+                outcome = type(exc).__name__
+            with lock:
+                if outcome == "200":
+                    accepted.append((sent, user, json.loads(payload)["score"]))
+                else:
+                    failed[outcome] = failed.get(outcome, 0) + 1
+        connection.close()
 
+    threads = [threading.Thread(target=sender) for _ in range(THREADS)]
+    for thread in threads:
+        thread.start()
     total = int(args.rate * args.seconds)
     started = time.monotonic()
-    with ThreadPoolExecutor(max_workers=32) as pool:
-        for index in range(total):
-            delay = started + index / args.rate - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            pool.submit(send, users[index % len(users)])
+    for index in range(total):
+        delay = started + index / args.rate - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        jobs.put(users[index % len(users)])
+    for _ in threads:
+        jobs.put(None)
+    for thread in threads:
+        thread.join()
     usage = resource.getrusage(resource.RUSAGE_SELF)
     print(
         json.dumps(

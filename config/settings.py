@@ -101,7 +101,8 @@ class Settings:
     board_require_auth: bool = False
     board_cors_origins: tuple[str, ...] = ()
     board_frame_ancestors: str = "'self'"
-    rate_limit_per_user: str = "10/second;300/minute"
+    # One window: each window is a Redis round trip on every score (BENCHMARKS.md).
+    rate_limit_per_user: str = "10/second"
     sse_max_viewers_per_ip: int = 50
     trusted_proxies: int = 0
     prometheus_multiproc_dir: str | None = None

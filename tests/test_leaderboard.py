@@ -20,8 +20,8 @@ from app.leaderboard import (
     rebuild_board,
     submit_score,
     top_standings,
-    user_standing,
 )
+from app.ranks import user_rank
 from tests.conftest import ChannelListener
 
 T0 = datetime(2026, 1, 1, 12, 0, 0)
@@ -81,9 +81,7 @@ def test_ties_go_to_who_reached_the_score_first_then_to_user_id(
     assert cache.entries() == expected
     for rank, (user, _) in enumerate(expected, start=1):
         assert cache.rank(user) == rank
-        found = user_standing(session, cache.board, user)
-        assert found is not None
-        assert found[1] == rank
+        assert user_rank(engine, cache.board.name, user) == (dict(expected)[user], rank)
 
 
 def test_redis_applies_the_same_order_write_by_write(

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import redis
 from sqlalchemy import Engine, create_engine, text
-from sqlalchemy.orm import Session
 
 from app.keeper import BoardKeeper
 from app.leaderboard import Board, BoardCache
@@ -58,8 +57,7 @@ def naive_ranks(engine: Engine, board: str) -> dict[str, tuple[str, int]]:
 
 def assert_exact(engine: Engine, board: str) -> None:
     expected = naive_ranks(engine, board)
-    with Session(engine) as session:
-        got = {user: exact_rank(session, board, key) for user, (key, _) in expected.items()}
+    got = {user: exact_rank(engine, board, key) for user, (key, _) in expected.items()}
     assert got == {user: rank for user, (_, rank) in expected.items()}
 
 
@@ -177,5 +175,4 @@ def test_the_keeper_compacts_a_large_backlog(engine: Engine, redis_conn: redis.R
     assert buckets == (COMPACT_AT_BACKLOG + 10 + 999) // 1000
     expected = naive_ranks(engine, board)
     sample = random.Random(1).sample(sorted(expected), 200)
-    with Session(engine) as session:
-        assert {u: exact_rank(session, board, expected[u][0]) for u in sample} == {u: expected[u][1] for u in sample}
+    assert {u: exact_rank(engine, board, expected[u][0]) for u in sample} == {u: expected[u][1] for u in sample}

@@ -13,12 +13,13 @@ from flask_jwt_extended import verify_jwt_in_request
 from gevent import monkey
 from sqlalchemy.exc import SQLAlchemyError
 
+from app import ranks
 from app.auth import is_valid_user_id
 from app.board.hub import BoardHub, Frame
 from app.board.sse import StreamOptions, parse_last_event_id, stream_board
 from app.errors import NotFound, ServiceUnavailable
 from app.extensions import db
-from app.leaderboard import BoardCache, user_standing
+from app.leaderboard import BoardCache
 
 # The page's script and stylesheet are files served by us: no build step, no
 # CDN, and a Content-Security-Policy that allows no inline code.
@@ -119,12 +120,11 @@ def leaderboard() -> Response:
 def user_rank(user_id: str) -> Response:
     """A user's total and exact rank among everyone on the board (from SQL)."""
     cache: BoardCache = current_app.extensions["leaderboard"]
-    standing = user_standing(db.session(), cache.board, user_id) if is_valid_user_id(user_id) else None
-    db.session.rollback()
-    if standing is None:
+    found = ranks.user_rank(db.engine, cache.board.name, user_id) if is_valid_user_id(user_id) else None
+    if found is None:
         raise UserNotFound(f"No scores for user {user_id!r}.")
-    user, rank = standing
-    return jsonify({"userId": user.user_id, "score": user.total, "rank": rank})
+    total, rank = found
+    return jsonify({"userId": user_id, "score": total, "rank": rank})
 
 
 @bp.get("/stats")
