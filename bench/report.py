@@ -55,7 +55,52 @@ def _floors(results: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
     return rows
 
 
-def write_report(results: dict[str, Any], path: Path, command: str) -> None:
+def _before_and_after(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    lines = [
+        "",
+        "## Before and after: the hot paths rewritten",
+        "",
+        f"*Before* is commit `{before.get('commit', '?')}` measured with this same harness on {before['started']}",
+        "(runs back to back with *after* on the same machine; the reference app is the same code in both). Between",
+        "them: the write path became fixed SQL on the pooled DBAPI connection, one statement in autocommit on",
+        "PostgreSQL (`app/submissions.py`; SQLAlchemy's statement building cost more CPU than the rest of the",
+        "request), the rate limit went from two windows to one, and fan-out moved from one greenlet per viewer writing",
+        "through gunicorn to the hub writing each frame to every socket without blocking (`app/board/hub.py`).",
+        "",
+    ]
+    before_writes = {row["connections"]: row for row in before.get("writes", {}).get("rows", [])}
+    rows = [row for row in after.get("writes", {}).get("rows", []) if row["connections"] in before_writes]
+    if rows:
+        lines += [
+            "| connections | before req/s | before p99 ms | after req/s | after p99 ms | after / before | reference before / after |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for row in rows:
+            old = before_writes[row["connections"]]
+            lines.append(
+                f"| {row['connections']} | {old['ours']['rps']:,.0f} | {_ms(old['ours']['p99_us'])} |"
+                f" {row['ours']['rps']:,.0f} | {_ms(row['ours']['p99_us'])} |"
+                f" {row['ours']['rps'] / old['ours']['rps']:.2f} |"
+                f" {old['reference']['rps']:,.0f} / {row['reference']['rps']:,.0f} |"
+            )
+        lines.append("")
+    before_fanout = {(row["viewers"], row["rate"]): row for row in before.get("fanout", [])}
+    rows = [row for row in after.get("fanout", []) if (row["viewers"], row["rate"]) in before_fanout]
+    if rows:
+        lines += [
+            "| viewers | changes/s | before p50 ms | before p99 ms | after p50 ms | after p99 ms | before worker CPU | after worker CPU |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for row in rows:
+            old = before_fanout[row["viewers"], row["rate"]]
+            lines.append(
+                f"| {row['viewers']:,} | {row['rate']:g} | {old['p50_ms']:.0f} | {old['p99_ms']:.0f} |"
+                f" {row['p50_ms']:.0f} | {row['p99_ms']:.0f} | {old['server_cpu']:.2f} | {row['server_cpu']:.2f} |"
+            )
+    return lines
+
+
+def write_report(results: dict[str, Any], path: Path, command: str, before: dict[str, Any] | None = None) -> None:
     machine = results["machine"]
     lines = [
         "# Benchmarks",
@@ -178,5 +223,12 @@ def write_report(results: dict[str, Any], path: Path, command: str) -> None:
             f"| {ranks['rps']:,.0f} | {_ms(ranks['p50_us'])} | {_ms(ranks['p90_us'])} | {_ms(ranks['p99_us'])} |"
             f" {ranks['status_errors'] + ranks['timeouts']} |",
         ]
-    lines += ["", "The figures are also in `bench/results.json`.", ""]
+    if before is not None:
+        lines += _before_and_after(before, results)
+    lines += [
+        "",
+        "The figures are also in `bench/results.json`"
+        + (" (and *before* in `bench/results-before.json`)." if before else "."),
+        "",
+    ]
     path.write_text("\n".join(lines))

@@ -569,6 +569,9 @@ def main() -> None:
     parser.add_argument(
         "--only", nargs="+", choices=SECTIONS, default=SECTIONS, help="run only these sections (for profiling)"
     )
+    parser.add_argument(
+        "--before", type=Path, help="an earlier run's results.json: the report compares them (see BENCHMARKS.md)"
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is needed: apt-get install wrk")
@@ -579,6 +582,9 @@ def main() -> None:
         run.results["started"] = datetime.now(UTC).isoformat(timespec="seconds")
         run.results["machine"] = machine()
         run.results["smoke"] = args.smoke
+        run.results["commit"] = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False
+        ).stdout.strip()
         with run.database_of_our_own():
             run.results["section_seconds"] = {}
             for section in args.only:
@@ -589,7 +595,8 @@ def main() -> None:
     results_file = args.out / "bench" / "results.json"
     results_file.parent.mkdir(parents=True, exist_ok=True)
     results_file.write_text(json.dumps(run.results, indent=2) + "\n")
-    write_report(run.results, args.out / "BENCHMARKS.md", " ".join(["python -m bench.run", *sys.argv[1:]]))
+    before = json.loads(args.before.read_text()) if args.before else None
+    write_report(run.results, args.out / "BENCHMARKS.md", " ".join(["python -m bench.run", *sys.argv[1:]]), before)
     print(f"done in {run.results['seconds']:.0f} s: {args.out / 'BENCHMARKS.md'}, {results_file}")
 
 
