@@ -68,7 +68,7 @@ class Sizes:
 SMOKE = Sizes(
     write_connections=(4,),
     write_seconds=1,
-    write_users=50,
+    write_users=2_000,  # enough that no one user meets the rate limit even at thousands of writes a second
     viewer_counts=(20,),
     change_rates=(5.0,),
     floor_rate=5.0,

@@ -175,15 +175,23 @@ class Settings:
 
     def flask_config(self) -> dict[str, Any]:
         """The Flask and extension configuration these settings imply."""
-        engine_options: dict[str, Any] = {"pool_pre_ping": True}
+        # No ping before each use: it is a round trip per request. A
+        # connection found lost invalidates the whole pool instead (SQLAlchemy
+        # does so for its own statements, app.sql for the fixed ones), so
+        # after a database restart one request per worker sees a 503.
+        engine_options: dict[str, Any] = {}
         if self.is_sqlite:
             # SQLite serialises writers; wait for the lock instead of failing at once.
             engine_options["connect_args"] = {"timeout": self.db_timeout_seconds}
         else:
             timeout_ms = int(self.db_timeout_seconds * 1000)
             engine_options.update(
+                # A fixed set, no overflow: overflow connections are closed when
+                # returned to a full pool, so a busy worker would open (fork a
+                # PostgreSQL backend for) a connection per request. Requests
+                # beyond the pool wait for a connection, up to the timeout.
                 pool_size=self.db_pool_size,
-                max_overflow=self.db_pool_size,
+                max_overflow=0,
                 pool_timeout=self.db_timeout_seconds,
                 pool_recycle=1800,
                 connect_args={

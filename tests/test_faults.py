@@ -12,6 +12,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import pytest
@@ -172,6 +173,19 @@ def test_postgres_down_answers_503_quickly_changes_nothing_and_recovers_by_itsel
         stack.postgres.start()
     assert wait_until(lambda: stack.post("fay", 1).status_code == 200, timeout=10), "no recovery without a restart"
     assert dict(stack.sql_top())["fay"] == 8
+
+
+def test_a_postgres_restart_costs_at_most_one_request_per_worker(stack: Stack) -> None:
+    """Connections are not pinged before use: the first found lost replaces the whole pool."""
+    with ThreadPoolExecutor(max_workers=40) as pool:  # fill both workers' pools
+        assert all(status == 200 for status in pool.map(lambda i: stack.post(f"pool{i}", 1).status_code, range(200)))
+    stack.postgres.stop()
+    stack.postgres.start()
+    statuses = [stack.post("gil", 1).status_code for _ in range(30)]
+    workers = 2
+    assert statuses.count(200) >= len(statuses) - workers, statuses
+    assert set(statuses) <= {200, 503}, statuses
+    assert dict(stack.sql_top(100))["gil"] == statuses.count(200)
 
 
 @dataclass
