@@ -1,6 +1,6 @@
 """Fixed SQL on the pooled DBAPI connection, for the paths that run on every request.
 
-SQLAlchemy's pool still hands out, recycles and invalidates the
+SQLAlchemy's pool still hands out, pings, recycles and invalidates the
 connections; only statement building is skipped, because on this class of
 machine building and compiling a statement costs more CPU than the rest of
 a request (BENCHMARKS.md). Statements are written once, with `:name`
@@ -46,10 +46,8 @@ def adapt(engine: Engine, sql: str) -> str:
 def dbapi_connection(engine: Engine) -> Iterator[Any]:
     """A pooled DBAPI connection; its errors come out as SQLAlchemy's, as for any statement.
 
-    A lost connection invalidates the pool, as SQLAlchemy does when one of
-    its own statements finds it lost: every connection opened before is
-    replaced at its next checkout, so the service recovers by itself when the
-    database is back, with no ping before every use.
+    A lost connection leaves the pool (the others are pinged before their
+    next use), so the service recovers by itself when the database is back.
     """
     pooled = None
     try:
@@ -59,7 +57,6 @@ def dbapi_connection(engine: Engine) -> Iterator[Any]:
         lost = pooled is not None and bool(engine.dialect.is_disconnect(error, pooled.dbapi_connection, None))
         if lost and pooled is not None:
             pooled.invalidate(error)
-            engine.pool._invalidate(pooled, error)  # the others too: SQLAlchemy's own step on a disconnect
         raise DBAPIError.instance(
             None, None, error, engine.dialect.loaded_dbapi.Error, connection_invalidated=lost
         ) from error

@@ -61,11 +61,14 @@ def _before_and_after(before: dict[str, Any], after: dict[str, Any]) -> list[str
         "## Before and after: the hot paths rewritten",
         "",
         f"*Before* is commit `{before.get('commit', '?')}` measured with this same harness on {before['started']}",
-        "(runs back to back with *after* on the same machine; the reference app is the same code in both). Between",
-        "them: the write path became fixed SQL on the pooled DBAPI connection, one statement in autocommit on",
-        "PostgreSQL (`app/submissions.py`; SQLAlchemy's statement building cost more CPU than the rest of the",
-        "request), the rate limit went from two windows to one, and fan-out moved from one greenlet per viewer writing",
-        "through gunicorn to the hub writing each frame to every socket without blocking (`app/board/hub.py`).",
+        "(runs back to back with *after* on the same machine; the reference app is the same code in both, but it",
+        "takes the service's pool settings, so the pool change moved it too). Between them: the write path became",
+        "fixed SQL on the pooled DBAPI connection, one statement in autocommit on PostgreSQL (`app/submissions.py`;",
+        "SQLAlchemy's statement building cost more CPU than the rest of the request), the PostgreSQL pool became a",
+        "fixed set (overflow connections were opened and closed per request under load), the rate limit went from",
+        "two windows to one, and fan-out moved from one greenlet per viewer writing through gunicorn to the hub",
+        "writing each frame to every socket without blocking (`app/board/hub.py`). Where a write's time goes now:",
+        "`docs/write-path-profile.md`.",
         "",
     ]
     before_writes = {row["connections"]: row for row in before.get("writes", {}).get("rows", [])}
@@ -136,18 +139,20 @@ def write_report(results: dict[str, Any], path: Path, command: str, before: dict
             ' tokens (each connection walks the list), `{"score": 1}`. Both services under gunicorn with',
             "gevent, one worker per core. *Reference* is `bench/reference_app.py`: the same JWT check, the same SQL",
             "upsert and the same Redis script, and nothing else (no validation, idempotency, rank, rate limit,",
-            "metrics). Server CPU is both workers together (2.0 = two cores); wrk's own CPU beside it.",
+            "metrics). Server CPU is both workers together (2.0 = two cores); wrk's own CPU beside it. wrk gives",
+            "up on a request after 2 s and leaves it out of the latencies: such timeouts are counted apart.",
             "",
-            "| connections | ours req/s | p50 ms | p99 ms | reference req/s | p50 ms | p99 ms | ours / reference | server CPU (ours / ref) | wrk CPU | errors (ours) |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            "| connections | ours req/s | p50 ms | p99 ms | reference req/s | p50 ms | p99 ms | ours / reference | server CPU (ours / ref) | wrk CPU | errors (ours / ref) | timeouts (ours / ref) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for row in writes["rows"]:
             ours, ref = row["ours"], row["reference"]
-            errors = ours["status_errors"] + ours["timeouts"] + ours["connect_errors"] + ours["read_errors"]
+            errors = [run["status_errors"] + run["connect_errors"] + run["read_errors"] for run in (ours, ref)]
             lines.append(
                 f"| {row['connections']} | {ours['rps']:,.0f} | {_ms(ours['p50_us'])} | {_ms(ours['p99_us'])} |"
                 f" {ref['rps']:,.0f} | {_ms(ref['p50_us'])} | {_ms(ref['p99_us'])} | {row['ratio']:.2f} |"
-                f" {ours['server_cpu']:.2f} / {ref['server_cpu']:.2f} | {ours['generator_cpu']:.2f} | {errors} |"
+                f" {ours['server_cpu']:.2f} / {ref['server_cpu']:.2f} | {ours['generator_cpu']:.2f} |"
+                f" {errors[0]} / {errors[1]} | {ours['timeouts']} / {ref['timeouts']} |"
             )
         lines += ["", f"Command: `{writes['rows'][0]['ours']['command']}`"]
 

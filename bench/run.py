@@ -416,9 +416,19 @@ class Run:
             # Each flask-sse viewer holds a Redis connection for its own subscription.
             return int(self.redis.pubsub_numsub("sse")[0][1])
 
+        def release_gone_viewers() -> None:
+            # A flask-sse stream notices its viewer left only when it next writes:
+            # until a message comes, its subscription stays. One more message, so
+            # the next stage starts from no subscriptions.
+            deadline = time.monotonic() + 60
+            while connections() and time.monotonic() < deadline:
+                publisher.publish("sse", json.dumps({"data": "{}", "type": "release"}))
+                time.sleep(0.5)
+
         rows = []
         try:
             for count, rates in sizes.flask_sse_stages:
+                release_gone_viewers()
                 rows += self.fanout_rounds(
                     f"{server.url}/stream",
                     count,

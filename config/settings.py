@@ -175,11 +175,10 @@ class Settings:
 
     def flask_config(self) -> dict[str, Any]:
         """The Flask and extension configuration these settings imply."""
-        # No ping before each use: it is a round trip per request. A
-        # connection found lost invalidates the whole pool instead (SQLAlchemy
-        # does so for its own statements, app.sql for the fixed ones), so
-        # after a database restart one request per worker sees a 503.
-        engine_options: dict[str, Any] = {}
+        # A ping before each use: after a database restart no request meets a
+        # dead connection. It costs a round trip per checkout, within the
+        # benchmark's noise (BENCHMARKS.md).
+        engine_options: dict[str, Any] = {"pool_pre_ping": True}
         if self.is_sqlite:
             # SQLite serialises writers; wait for the lock instead of failing at once.
             engine_options["connect_args"] = {"timeout": self.db_timeout_seconds}
