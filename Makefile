@@ -26,7 +26,7 @@ test: $(STAMP) ## Run the whole test suite against real PostgreSQL and Redis
 	scripts/ensure-services.sh redis redis://127.0.0.1:6379
 	$(PY) -m pytest
 
-bench: $(STAMP) ## Benchmarks (about 10 minutes): writes BENCHMARKS.md and bench/results.json
+bench: $(STAMP) ## Benchmarks (about 5 minutes): writes BENCHMARKS.md and bench/results.json
 	@command -v wrk >/dev/null || { echo "wrk is needed: apt-get install wrk"; exit 1; }
 	scripts/ensure-services.sh postgres
 	scripts/ensure-services.sh redis redis://127.0.0.1:6379
