@@ -39,9 +39,16 @@ _UPSERT = """
 
 _AHEAD = """
     SELECT count(*) FROM (
-        SELECT 1 FROM scores WHERE board = :board AND rank_key < :rank_key LIMIT :top_n
+        SELECT 1 FROM scores WHERE board = :board AND rank_key < :rank_key ORDER BY board, rank_key LIMIT :top_n
     ) AS ahead
 """
+
+# Both counts walk ix_scores_rank in order and stop after N entries. A bitmap
+# scan would read every entry ahead of the user first, dead ones included:
+# thousands per write on a busy board (docs/write-path-profile.md). The
+# ORDER BY asks for the walk; the connections' `enable_bitmapscan=off`
+# (config.settings) keeps PostgreSQL from sorting a bitmap scan instead when
+# its statistics are stale.
 
 # PostgreSQL only (SQLite has no INSERT in a WITH). The count reads the
 # snapshot from before the upsert: the user's own old row has a smaller total,
@@ -50,7 +57,8 @@ _UPSERT_AND_AHEAD = """
     WITH upserted AS ({upsert})
     SELECT total, reached_at, rank_key, (
         SELECT count(*) FROM (
-            SELECT 1 FROM scores WHERE board = :board AND rank_key < upserted.rank_key LIMIT :top_n
+            SELECT 1 FROM scores WHERE board = :board AND rank_key < upserted.rank_key
+            ORDER BY board, rank_key LIMIT :top_n
         ) AS ahead
     )
     FROM upserted

@@ -55,6 +55,11 @@ def _floors(results: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
     return rows
 
 
+def _per_write(run: dict[str, Any], cpu: str) -> str:
+    """CPU milliseconds per request, or a dash for a run that did not measure it."""
+    return f"{run[cpu] / run['rps'] * 1000:.2f}" if cpu in run and run["rps"] else "-"
+
+
 def _before_and_after(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
     lines = [
         "",
@@ -118,7 +123,8 @@ def write_report(results: dict[str, Any], path: Path, command: str, before: dict
         f"- {machine['cpu']}, {machine['cores']} cores, {machine['memory_gib']} GiB, Linux {machine['kernel']}",
         f"- Python {machine['python']}; {machine['postgresql']}; {machine['redis']}; {machine['wrk']}",
         f"- file descriptors per process: {machine['fd_limit']}; PostgreSQL synchronous_commit:"
-        f" {results.get('synchronous_commit')}",
+        f" {results.get('synchronous_commit')}, autovacuum: {results.get('autovacuum')}"
+        + (" (so nothing is vacuumed or analyzed during the run)" if results.get("autovacuum") == "off" else ""),
         "- The load generators run on the same two cores as the services, PostgreSQL and Redis.",
         "",
         "## Floors",
@@ -139,11 +145,12 @@ def write_report(results: dict[str, Any], path: Path, command: str, before: dict
             ' tokens (each connection walks the list), `{"score": 1}`. Both services under gunicorn with',
             "gevent, one worker per core. *Reference* is `bench/reference_app.py`: the same JWT check, the same SQL",
             "upsert and the same Redis script, and nothing else (no validation, idempotency, rank, rate limit,",
-            "metrics). Server CPU is both workers together (2.0 = two cores); wrk's own CPU beside it. wrk gives",
-            "up on a request after 2 s and leaves it out of the latencies: such timeouts are counted apart.",
+            "metrics). Server CPU is both workers together (2.0 = two cores); PostgreSQL's is all its processes',",
+            "per write; wrk's own CPU beside them. wrk gives up on a request after 2 s and leaves it out of the",
+            "latencies: such timeouts are counted apart.",
             "",
-            "| connections | ours req/s | p50 ms | p99 ms | reference req/s | p50 ms | p99 ms | ours / reference | server CPU (ours / ref) | wrk CPU | errors (ours / ref) | timeouts (ours / ref) |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "| connections | ours req/s | p50 ms | p99 ms | reference req/s | p50 ms | p99 ms | ours / reference | server CPU (ours / ref) | PostgreSQL CPU ms per write (ours / ref) | wrk CPU | errors (ours / ref) | timeouts (ours / ref) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for row in writes["rows"]:
             ours, ref = row["ours"], row["reference"]
@@ -151,7 +158,8 @@ def write_report(results: dict[str, Any], path: Path, command: str, before: dict
             lines.append(
                 f"| {row['connections']} | {ours['rps']:,.0f} | {_ms(ours['p50_us'])} | {_ms(ours['p99_us'])} |"
                 f" {ref['rps']:,.0f} | {_ms(ref['p50_us'])} | {_ms(ref['p99_us'])} | {row['ratio']:.2f} |"
-                f" {ours['server_cpu']:.2f} / {ref['server_cpu']:.2f} | {ours['generator_cpu']:.2f} |"
+                f" {ours['server_cpu']:.2f} / {ref['server_cpu']:.2f} |"
+                f" {_per_write(ours, 'postgres_cpu')} / {_per_write(ref, 'postgres_cpu')} | {ours['generator_cpu']:.2f} |"
                 f" {errors[0]} / {errors[1]} | {ours['timeouts']} / {ref['timeouts']} |"
             )
         lines += ["", f"Command: `{writes['rows'][0]['ours']['command']}`"]

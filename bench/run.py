@@ -95,6 +95,19 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def postgres_cpu_seconds() -> float:
+    """utime + stime of every PostgreSQL process on this machine (the benchmark's is local)."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # gone meanwhile
+            continue
+        if text[text.index("(") + 1 : text.rindex(")")] == "postgres":
+            total += cpu_seconds(int(stat.parent.name))
+    return total
+
+
 def rss_kb(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -137,6 +150,8 @@ class Run:
             cur.execute(f'CREATE DATABASE "{self.database}"')
             cur.execute("SHOW synchronous_commit")
             self.results["synchronous_commit"] = cur.fetchone()[0]
+            cur.execute("SHOW autovacuum")
+            self.results["autovacuum"] = cur.fetchone()[0]
         try:
             flask_db_upgrade(self.env)
             yield
@@ -192,10 +207,12 @@ class Run:
                     self.wrk(server.url, "score.lua", connections, warm_up, WRK_TOKENS=str(token_file))
                     pids = worker_pids(server)
                     cpu_before = sum(cpu_seconds(pid) for pid in pids)
+                    postgres_before = postgres_cpu_seconds()
                     result = self.wrk(
                         server.url, "score.lua", connections, sizes.write_seconds, WRK_TOKENS=str(token_file)
                     )
                     result["server_cpu"] = (sum(cpu_seconds(pid) for pid in pids) - cpu_before) / sizes.write_seconds
+                    result["postgres_cpu"] = (postgres_cpu_seconds() - postgres_before) / sizes.write_seconds
                     row[name] = result
                 row["ratio"] = row["ours"]["rps"] / row["reference"]["rps"]
                 rows.append(row)

@@ -195,7 +195,11 @@ class Settings:
                 pool_recycle=1800,
                 connect_args={
                     "connect_timeout": max(1, round(self.db_timeout_seconds)),
-                    "options": f"-c statement_timeout={timeout_ms} -c lock_timeout={timeout_ms}",
+                    # Every query here is a short walk of an index. With stale
+                    # statistics PostgreSQL may plan a bitmap scan that reads a
+                    # whole index range before a LIMIT (app.submissions).
+                    "options": f"-c statement_timeout={timeout_ms} -c lock_timeout={timeout_ms}"
+                    " -c enable_bitmapscan=off",
                     "application_name": "leaderboard",
                     # A server that vanished without closing the connection (a
                     # partition, a dead host) is given up on too, not waited for.
