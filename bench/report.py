@@ -72,9 +72,11 @@ def _before_and_after(before: dict[str, Any], after: dict[str, Any]) -> list[str
         "SQLAlchemy's statement building cost more CPU than the rest of the request), the PostgreSQL pool became a",
         "fixed set (overflow connections were opened and closed per request under load), the rank count on the",
         "write path became an ordered index walk that stops at N (it had been planned as a bitmap scan over every",
-        "row ahead, dead ones included), the rate limit went from two windows to one, and fan-out moved from one",
-        "greenlet per viewer writing through gunicorn to the hub writing each frame to every socket without",
-        "blocking (`app/board/hub.py`). Where a write's time goes now: `docs/write-path-profile.md`.",
+        "row ahead, dead ones included), requests get a database connection in the order they came",
+        "(`app.sql.FairGate`: the pool let newcomers jump the line, which made the p99), the rate limit went from",
+        "two windows to one, and fan-out moved from one greenlet per viewer writing through gunicorn to the hub",
+        "writing each frame to every socket without blocking (`app/board/hub.py`). Where a write's time goes now:",
+        "`docs/write-path-profile.md`.",
         "",
     ]
     before_writes = {row["connections"]: row for row in before.get("writes", {}).get("rows", [])}
