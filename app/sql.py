@@ -14,7 +14,7 @@ import threading
 import weakref
 from collections import deque
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 from sqlalchemy import Engine
@@ -117,12 +117,8 @@ def dbapi_connection(engine: Engine) -> Iterator[Any]:
     next use), so the service recovers by itself when the database is back.
     """
     gate = gate_for(engine)
-    if gate is None:
-        with _pooled(engine) as connection:
-            yield connection
-    else:
-        with gate.held(), _pooled(engine) as connection:
-            yield connection
+    with gate.held() if gate else nullcontext(), _pooled(engine) as connection:
+        yield connection
 
 
 @contextmanager

@@ -38,6 +38,7 @@ import redis
 
 from app.leaderboard import Board, BoardCache, BoardKeys, Standing
 from bench.report import write_report
+from bench.writer import paced
 from tests.servers import ROOT, GunicornServer, flask_db_upgrade
 
 ADMIN_URL = os.environ.get("BENCH_ADMIN_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -293,12 +294,7 @@ class Run:
     def publish_changes(self, cache: BoardCache, rate: float, seconds: float, start_total: int) -> int:
         """Change the board `rate` times a second through the real Lua script; returns the last version."""
         total, version = start_total, 0
-        count = max(1, int(rate * seconds))
-        started = time.monotonic()
-        for index in range(count):
-            delay = started + index / rate - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
+        for index in paced(max(1, int(rate * seconds)), rate):
             total += 1
             standing = Standing(f"player{index % 10}", total, datetime.now(UTC).replace(tzinfo=None))
             version = cache.apply([standing], mode="merge", updated=standing).version or version
@@ -413,12 +409,7 @@ class Run:
         version = [int(time.time() * 1e6)]
 
         def publish(rate: float, seconds: float) -> int:
-            count = max(1, int(rate * seconds))
-            started = time.monotonic()
-            for index in range(count):
-                delay = started + index / rate - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
+            for _ in paced(max(1, int(rate * seconds)), rate):
                 version[0] += 1
                 message = {
                     "type": "update",

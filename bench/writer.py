@@ -19,9 +19,20 @@ import random
 import resource
 import threading
 import time
+from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 THREADS = 16
+
+
+def paced(count: int, rate: float) -> Iterator[int]:
+    """Yield 0 .. count - 1, each at its own moment on a steady `rate` a second from now (open loop)."""
+    started = time.monotonic()
+    for index in range(count):
+        delay = started + index / rate - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        yield index
 
 
 def main() -> None:
@@ -64,12 +75,8 @@ def main() -> None:
     threads = [threading.Thread(target=sender) for _ in range(THREADS)]
     for thread in threads:
         thread.start()
-    total = int(args.rate * args.seconds)
     started = time.monotonic()
-    for index in range(total):
-        delay = started + index / args.rate - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)
+    for index in paced(int(args.rate * args.seconds), args.rate):
         jobs.put(users[index % len(users)])
     for _ in threads:
         jobs.put(None)
