@@ -16,7 +16,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from app import auth, cli, errors, health
 from app.extensions import db, init_redis, limiter, migrate, use_sqlite_wal
 from app.keeper import BoardKeeper
-from app.leaderboard import Board, BoardCache
+from app.leaderboard import Board, BoardCache, group_commit
 from app.openapi import openapi_document
 from app.request_id import RequestIdFilter, init_request_id
 from config.logs import configure_logging
@@ -30,6 +30,8 @@ def create_increment_app(settings: Settings | None = None) -> Flask:
     from app.scoring.views import bp as scoring_bp
 
     app = _build_app("increment", settings)
+    with app.app_context():
+        app.extensions["group_commit"] = group_commit(db.engine, app.extensions["leaderboard"])
     app.register_blueprint(scoring_bp)
     return app
 

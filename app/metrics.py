@@ -32,6 +32,11 @@ WRITE_SECONDS = Histogram("leaderboard_write_seconds", "Time to answer POST /sco
 REDIS_SCRIPT_SECONDS = Histogram(
     "leaderboard_redis_script_seconds", "Time of one APPLY_SCRIPT call in Redis.", ["mode"], buckets=LATENCY_BUCKETS
 )
+WRITE_BATCH_SIZE = Histogram(
+    "leaderboard_write_batch_size",
+    "Submissions recorded together in one statement and one script call (app.batching).",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
 REBUILDS = Counter("leaderboard_rebuilds_total", "Boards rebuilt in Redis from SQL, by reason.", ["reason"])
 VIEWERS = Gauge("leaderboard_viewers", "Open SSE streams.", multiprocess_mode="livesum")
 FRAMES_SENT = Counter("leaderboard_frames_sent_total", "Board frames written to viewers.")

@@ -4,10 +4,12 @@ This is the hot path, so it is written as fixed SQL, once per database, run
 on the pooled DBAPI connection (SQLAlchemy's pool still checks connections
 out, pings and recycles them). Building and compiling the same statements
 with SQLAlchemy's expression language cost more CPU than everything else a
-request does (BENCHMARKS.md, "before"). On PostgreSQL, a submission without
-an Idempotency-Key is one statement in autocommit: the upsert and the count
-of rows ahead, in one round trip. With a key, the claim, the upsert, the
-count and the stored answer are one transaction.
+request does (BENCHMARKS.md, "before"). On PostgreSQL, submissions without
+an Idempotency-Key are recorded many at a time (app.leaderboard groups the
+concurrent ones): one statement in autocommit upserts them and counts the
+rows ahead of each, in one round trip and one commit. With a key, or on
+SQLite, the claim, the upsert, the count and the stored answer are one
+transaction.
 
 The ranking order is `scores.rank_key` (see app.models.Score); the rank here
 counts at most N rows ahead, so it costs the same on any board size.
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -50,12 +53,28 @@ _AHEAD = """
 # (config.settings) keeps PostgreSQL from sorting a bitmap scan instead when
 # its statistics are stale.
 
-# PostgreSQL only (SQLite has no INSERT in a WITH). The count reads the
-# snapshot from before the upsert: the user's own old row has a smaller total,
-# so it sorts after the new key and is never counted as ahead.
-_UPSERT_AND_AHEAD = """
-    WITH upserted AS ({upsert})
-    SELECT total, reached_at, rank_key, (
+# PostgreSQL only (SQLite has no INSERT in a WITH): many users' submissions
+# in one statement, in autocommit, so one round trip and one commit (one WAL
+# flush) for all of them. The rows are locked in user order, so two batches
+# with users in common cannot deadlock. Each count reads the snapshot from
+# before the statement: it is the user's rank had the batch been applied from
+# the lowest new total to the highest (rows ahead of the user's new total are
+# counted as they were, rows behind it stay behind), which is the order the
+# Redis script is given. The user's own old row has a smaller total, so it
+# sorts after the new key and is never counted as ahead. A user whose total
+# would pass :max_total returns no row.
+_UPSERT_MANY_AND_AHEAD = """
+    WITH upserted AS (
+        INSERT INTO scores (board, user_id, total, reached_at, version)
+        SELECT :board, submitted.user_id, submitted.increment, {now}, 1
+        FROM unnest(CAST(:user_ids AS text[]), CAST(:increments AS bigint[])) AS submitted (user_id, increment)
+        ORDER BY submitted.user_id
+        ON CONFLICT (board, user_id) DO UPDATE
+        SET total = scores.total + excluded.total, reached_at = {now}, version = scores.version + 1
+        WHERE scores.total + excluded.total <= :max_total
+        RETURNING user_id, total, reached_at, rank_key
+    )
+    SELECT user_id, total, reached_at, rank_key, (
         SELECT count(*) FROM (
             SELECT 1 FROM scores WHERE board = :board AND rank_key < upserted.rank_key
             ORDER BY board, rank_key LIMIT :top_n
@@ -89,7 +108,7 @@ _STORE_ANSWER = """
 class Statements:
     upsert: str
     ahead: str
-    upsert_and_ahead: str | None
+    upsert_many_and_ahead: str | None
     claim_key: str
     read_key: str
     store_answer: str
@@ -100,7 +119,7 @@ class Statements:
         return cls(
             upsert=adapt(engine, _UPSERT),
             ahead=adapt(engine, _AHEAD),
-            upsert_and_ahead=adapt(engine, _UPSERT_AND_AHEAD.replace("{upsert}", _UPSERT)) if postgres else None,
+            upsert_many_and_ahead=adapt(engine, _UPSERT_MANY_AND_AHEAD) if postgres else None,
             claim_key=adapt(engine, _CLAIM_KEY),
             read_key=adapt(engine, _READ_KEY),
             store_answer=adapt(engine, _STORE_ANSWER),
@@ -145,7 +164,7 @@ def record(
     answer: Any = None,
     now: datetime,
 ) -> Recorded | Replayed | None:
-    """Add `increment` to the user's total; with `key`, at most once per 24 h.
+    """Add `increment` to the user's total, in a transaction; with `key`, at most once per 24 h.
 
     `answer(recorded)` builds the response to store with the key, in the same
     transaction. Returns None when the key's record vanished between the
@@ -154,25 +173,38 @@ def record(
     """
     params = {"board": board, "user_id": user_id, "increment": increment, "max_total": max_total, "top_n": top_n}
     with dbapi_connection(engine) as connection:
-        if key is None and engine.dialect.name == "postgresql":
-            return _in_one_statement(statements(engine), connection, params)
         return _in_a_transaction(engine, connection, params, key, answer, now)
 
 
-def _in_one_statement(sql: Statements, connection: Any, params: dict[str, Any]) -> Recorded:
-    """PostgreSQL without a key: the upsert and the rank, one statement, autocommit (no BEGIN or COMMIT trips)."""
-    assert sql.upsert_and_ahead is not None
-    connection.autocommit = True
-    try:
-        cursor = connection.cursor()
-        cursor.execute(sql.upsert_and_ahead, params)
-        row = cursor.fetchone()
-    finally:
-        if not connection.closed:
-            connection.autocommit = False
-    if row is None:
-        raise TotalTooLarge
-    return _recorded(row[0], row[1], row[2], row[3], params["top_n"])
+def record_many(
+    engine: Engine, *, board: str, submitted: Sequence[tuple[str, int]], max_total: int, top_n: int
+) -> list[Recorded | None]:
+    """PostgreSQL: add each (user, increment) to its total, all in one statement; no user twice.
+
+    Answers in the order given; None for a user whose total would pass
+    `max_total` (that user's total is left as it was). Database errors are
+    raised as SQLAlchemy's, and then nothing was recorded.
+    """
+    sql = statements(engine)
+    assert sql.upsert_many_and_ahead is not None, "record_many runs on PostgreSQL only"
+    params = {
+        "board": board,
+        "user_ids": [user_id for user_id, _ in submitted],
+        "increments": [increment for _, increment in submitted],
+        "max_total": max_total,
+        "top_n": top_n,
+    }
+    with dbapi_connection(engine) as connection:
+        connection.autocommit = True  # one statement: no BEGIN or COMMIT round trips
+        try:
+            cursor = connection.cursor()
+            cursor.execute(sql.upsert_many_and_ahead, params)
+            rows = cursor.fetchall()
+        finally:
+            if not connection.closed:
+                connection.autocommit = False
+    recorded = {row[0]: _recorded(row[1], row[2], row[3], row[4], top_n) for row in rows}
+    return [recorded.get(user_id) for user_id, _ in submitted]
 
 
 def _in_a_transaction(

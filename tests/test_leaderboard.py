@@ -9,14 +9,20 @@ from datetime import datetime, timedelta
 
 import pytest
 import redis
+from prometheus_client import REGISTRY
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DataError
 from sqlalchemy.orm import Session
 
 from app.leaderboard import (
     Board,
     BoardCache,
     Standing,
+    Submission,
+    TotalLimitExceeded,
+    commit_submissions,
+    group_commit,
     rebuild_board,
     submit_score,
     top_standings,
@@ -149,9 +155,9 @@ def test_a_delayed_smaller_total_cannot_overwrite_a_larger_one(
     cache.apply([Standing("a", 1, T0)], mode="replace")
     newer = Standing("alice", 50, T0 + timedelta(seconds=2))
     older = Standing("alice", 40, T0 + timedelta(seconds=1))
-    assert cache.apply([newer], mode="write", updated=newer).status == "written"
+    assert cache.apply([newer], mode="write").status == "written"
     version = cache.redis.get(cache.keys.version)
-    result = cache.apply([older], mode="write", updated=older)
+    result = cache.apply([older], mode="write")
     assert result.status == "unchanged"
     assert cache.entries() == [("alice", 50), ("a", 1)]
     assert cache.redis.get(cache.keys.version) == version
@@ -162,7 +168,7 @@ def test_a_stale_write_of_a_user_pushed_off_the_board_stays_off(make_cache: Call
     cache = make_cache(2)
     cache.apply([Standing("a", 100, T0), Standing("b", 90, T0)], mode="replace")
     stale = Standing("c", 80, T0)
-    assert cache.apply([stale], mode="write", updated=stale).status == "unchanged"
+    assert cache.apply([stale], mode="write").status == "unchanged"
     assert cache.entries() == [("a", 100), ("b", 90)]
 
 
@@ -206,27 +212,87 @@ def test_rebuild_replaces_entries_sql_does_not_have(
     assert cache.latest_message()["top"] == [["real", "10"]]
 
 
+# -- submissions recorded together -------------------------------------------
+
+
+def test_a_batch_ranks_and_publishes_each_submission_as_if_applied_one_by_one(
+    engine: Engine, session: Session, make_cache: Callable[[int], BoardCache], channel: ChannelListener
+) -> None:
+    """Users passing each other in one batch: every answer and message fits one serial order."""
+    cache = make_cache(3)
+    insert_rows(engine, cache.board.name, [("p", 100, T0), ("q", 90, T0), ("r", 80, T0)])
+    rebuild_board(session, cache)
+    channel.drain()
+    channel.messages.clear()
+
+    outcomes = commit_submissions(engine, cache, [("r", 25), ("q", 5), ("s", 85)])
+
+    # From the lowest new total up: s (85) behind p and q, then q (95) behind p, then r (105) first.
+    assert outcomes == [Submission("r", 105, 1), Submission("q", 95, 2), Submission("s", 85, 3)]
+    messages = channel.drain()
+    assert [(m["updatedUser"], m["newScore"]) for m in messages] == [("s", 85), ("q", 95), ("r", 105)]
+    assert [m["top"] for m in messages] == [
+        [["p", "100"], ["q", "90"], ["s", "85"]],
+        [["p", "100"], ["q", "95"], ["s", "85"]],
+        [["r", "105"], ["p", "100"], ["q", "95"]],
+    ]
+    versions = [m["version"] for m in messages]
+    assert versions == sorted(set(versions))
+    assert cache.entries() == sql_top(session, cache) == [("r", 105), ("p", 100), ("q", 95)]
+
+
+def test_a_submission_over_the_maximum_fails_alone_in_its_batch(
+    engine: Engine, redis_conn: redis.Redis, board_name: str, base_env: dict[str, str]
+) -> None:
+    board = Board(name=board_name, top_n=3, channel=base_env["REDIS_CHANNEL"], max_increment=100, max_total=1000)
+    cache = BoardCache(redis_conn, board)
+    insert_rows(engine, board_name, [("near", 998, T0)])
+    outcomes = commit_submissions(engine, cache, [("near", 5), ("fine", 7)])
+    assert isinstance(outcomes[0], TotalLimitExceeded)
+    assert outcomes[1] == Submission("fine", 7, 2)
+    with engine.connect() as conn:
+        assert dict(conn.execute(text("SELECT user_id, total FROM scores")).all()) == {"near": 998, "fine": 7}
+    assert cache.entries() == [("near", 998), ("fine", 7)]
+
+
+def test_a_value_the_database_refuses_fails_alone_in_its_batch(
+    engine: Engine, make_cache: Callable[[int], BoardCache]
+) -> None:
+    cache = make_cache(3)
+    too_long = "x" * 200  # past the user id column; the service refuses such tokens before this
+    outcomes = commit_submissions(engine, cache, [("a", 1), (too_long, 1), ("b", 2)])
+    assert isinstance(outcomes[1], DataError)
+    assert outcomes[0] == Submission("a", 1, 1)  # each on its own, in order: a, then b ahead of it
+    assert outcomes[2] == Submission("b", 2, 1)
+    with engine.connect() as conn:
+        assert dict(conn.execute(text("SELECT user_id, total FROM scores")).all()) == {"a": 1, "b": 2}
+
+
 # -- concurrency -------------------------------------------------------------
 
 
+@pytest.mark.parametrize("grouped", [False, True], ids=["one_by_one", "group_commit"])
 def test_500_concurrent_submissions_for_20_users_lose_nothing(
-    engine: Engine, make_cache: Callable[[int], BoardCache]
+    engine: Engine, make_cache: Callable[[int], BoardCache], grouped: bool
 ) -> None:
-    """Threads with their own sessions race on PostgreSQL rows and on the Redis script."""
+    """Threads race on PostgreSQL rows and on the Redis script, each on its own or through group commit."""
     cache = make_cache(10)
+    together = group_commit(engine, cache) if grouped else None
     rng = random.Random(2026)
     jobs = [(f"player{rng.randrange(20):02d}", rng.randint(1, 1000)) for _ in range(500)]
     expected: dict[str, int] = {}
     for user, score in jobs:
         expected[user] = expected.get(user, 0) + score
+    batches_before = REGISTRY.get_sample_value("leaderboard_write_batch_size_count") or 0
     barrier = threading.Barrier(25)
+    answers: list[Submission] = []
     errors: list[BaseException] = []
 
     def worker(chunk: list[tuple[str, int]]) -> None:
         barrier.wait()
         for user, score in chunk:
             try:
-                submit_score(engine, cache, user, score)
+                answers.append(submit_score(engine, cache, user, score, together=together))
             except BaseException as exc:  # pragma: no cover - reported below
                 errors.append(exc)
 
@@ -239,6 +305,13 @@ def test_500_concurrent_submissions_for_20_users_lose_nothing(
     with engine.connect() as conn:
         totals = dict(conn.execute(text("SELECT user_id, total FROM scores")).all())
     assert totals == expected
+    # Each user's answers count up to their final total.
+    assert {user: max(a.total for a in answers if a.user_id == user) for user in expected} == expected
     with Session(engine) as check:
         assert cache.entries() == sql_top(check, cache)
     assert len(cache.entries()) == 10
+    batches = (REGISTRY.get_sample_value("leaderboard_write_batch_size_count") or 0) - batches_before
+    if grouped:
+        assert 0 < batches < 500  # fewer statements than submissions
+    else:
+        assert batches == 500

@@ -59,13 +59,21 @@ def test_the_rank_count_walks_the_rank_index_and_stops_at_n(
 ) -> None:
     """A bitmap scan would read every entry ahead of the user, dead ones too, before the LIMIT."""
     statements = Statements.for_engine(service_engine)
-    params = {"board": busy_board, "user_id": "user1", "increment": 1, "max_total": 2**53 - 1, "top_n": 10}
+    params = {
+        "board": busy_board,
+        "user_id": "user1",
+        "increment": 1,
+        "user_ids": ["user1", "user2"],
+        "increments": [1, 1],
+        "max_total": 2**53 - 1,
+        "top_n": 10,
+    }
     with engine.connect() as conn:
         params["rank_key"] = conn.execute(
             text("SELECT max(rank_key) FROM scores WHERE board = :board"), {"board": busy_board}
         ).scalar_one()
-    assert statements.upsert_and_ahead is not None
-    for sql in (statements.upsert_and_ahead, statements.ahead):
+    assert statements.upsert_many_and_ahead is not None
+    for sql in (statements.upsert_many_and_ahead, statements.ahead):
         shown = plan(service_engine, sql, params)
         assert "ix_scores_rank" in shown, shown
         assert "Bitmap" not in shown, shown

@@ -49,7 +49,8 @@ def post_score() -> Response:
     key = parse_idempotency_key(request.headers)
     body = read_body(request, current_app.extensions["settings"].max_content_length)
     increment = parse_score(parse_json(body), cache.board.max_increment)
-    submission = submit_score(db.engine, cache, current_user_id(), increment, key)
+    together = current_app.extensions["group_commit"]
+    submission = submit_score(db.engine, cache, current_user_id(), increment, key, together=together)
     response = jsonify(submission.as_json())
     if submission.replayed:
         response.headers["Idempotent-Replayed"] = "true"
