@@ -30,7 +30,7 @@ bench: $(STAMP) ## Benchmarks (about 5 minutes): writes BENCHMARKS.md and bench/
 	@command -v wrk >/dev/null || { echo "wrk is needed: apt-get install wrk"; exit 1; }
 	scripts/ensure-services.sh postgres
 	scripts/ensure-services.sh redis redis://127.0.0.1:6379
-	$(PY) -m bench.run $(if $(wildcard bench/results-before.json),--before bench/results-before.json)
+	$(PY) -m bench.run $(if $(wildcard bench/before/*.json),--before $(sort $(wildcard bench/before/*.json)))
 
 lint: $(STAMP) ## ruff (lint and format check) and mypy
 	$(VENV)/bin/ruff check .

@@ -60,45 +60,74 @@ def _per_write(run: dict[str, Any], cpu: str) -> str:
     return f"{run[cpu] / run['rps'] * 1000:.2f}" if cpu in run and run["rps"] else "-"
 
 
-def _before_and_after(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+# What changed after each earlier commit that `make bench` compares with, up to the next one (or now).
+CHANGES_SINCE = {
+    "ebefbd7": "the write path became fixed SQL on the pooled DBAPI connection, one statement in autocommit on"
+    " PostgreSQL (`app/submissions.py`; SQLAlchemy's statement building cost more CPU than the rest of the"
+    " request), the PostgreSQL pool became a fixed set (overflow connections were opened and closed per"
+    " request under load), the rank count on the write path became an ordered index walk that stops at N (it"
+    " had been planned as a bitmap scan over every row ahead, dead ones included), requests get a database"
+    " connection in the order they came (`app.sql.FairGate`: the pool let newcomers jump the line, which made"
+    " the p99), the rate limit went from two windows to one, and fan-out moved from one greenlet per viewer"
+    " writing through gunicorn to the hub writing each frame to every socket without blocking"
+    " (`app/board/hub.py`).",
+    "72b1908": "group commit: the submissions without an Idempotency-Key that a worker holds at once are"
+    " recorded in one statement and one commit, and applied to Redis in one script call that still publishes"
+    " a message per submission (`app/batching.py`, `app.leaderboard.commit_submissions`).",
+}
+
+
+def _before_and_after(befores: list[dict[str, Any]], after: dict[str, Any]) -> list[str]:
     lines = [
         "",
         "## Before and after: the hot paths rewritten",
         "",
-        f"*Before* is commit `{before.get('commit', '?')}` measured with this same harness on {before['started']}",
-        "(on the same machine, the same day; the reference app is the same code in both, but it takes the service's",
-        "engine settings, so the pool and connection changes moved it too). Between them: the write path became",
-        "fixed SQL on the pooled DBAPI connection, one statement in autocommit on PostgreSQL (`app/submissions.py`;",
-        "SQLAlchemy's statement building cost more CPU than the rest of the request), the PostgreSQL pool became a",
-        "fixed set (overflow connections were opened and closed per request under load), the rank count on the",
-        "write path became an ordered index walk that stops at N (it had been planned as a bitmap scan over every",
-        "row ahead, dead ones included), requests get a database connection in the order they came",
-        "(`app.sql.FairGate`: the pool let newcomers jump the line, which made the p99), the rate limit went from",
-        "two windows to one, and fan-out moved from one greenlet per viewer writing through gunicorn to the hub",
-        "writing each frame to every socket without blocking (`app/board/hub.py`). Where a write's time goes now:",
-        "`docs/write-path-profile.md`.",
+        "Earlier commits measured with this same harness, on this machine, shortly before this run (the",
+        "machine's speed varies from day to day, so only runs of one sitting compare). The reference app is the",
+        "same code in every run, but it takes the service's engine settings, so pool and connection changes",
+        "move it too. What changed after each:",
         "",
     ]
-    before_writes = {row["connections"]: row for row in before.get("writes", {}).get("rows", [])}
-    rows = [row for row in after.get("writes", {}).get("rows", []) if row["connections"] in before_writes]
-    if rows:
+    for before in befores:
+        commit = before.get("commit", "?")
+        lines.append(
+            f"- after `{commit}` (measured {before['started']}): {CHANGES_SINCE.get(commit, '(not described)')}"
+        )
+    lines += ["", "Where a write's time goes now: `docs/write-path-profile.md`.", ""]
+    runs = [*befores, after]
+    by_connections = [{row["connections"]: row for row in run.get("writes", {}).get("rows", [])} for run in runs]
+    connections = [c for c in by_connections[-1] if all(c in rows for rows in by_connections)]
+    if connections:
+        names = [f"`{run.get('commit', '?')}`" for run in befores] + ["now"]
         lines += [
-            "| connections | before req/s | before p99 ms | after req/s | after p99 ms | after / before | reference before / after |",
-            "|---|---|---|---|---|---|---|",
+            "| connections | "
+            + " | ".join(f"{name} req/s, p99 ms" for name in names)
+            + " | now / "
+            + " | now / ".join(names[:-1])
+            + " | reference req/s, in the same order |",
+            "|---|" + "---|" * (2 * len(names)),
         ]
-        for row in rows:
-            old = before_writes[row["connections"]]
+        for c in connections:
+            rows = [rows[c] for rows in by_connections]
+            now = rows[-1]["ours"]["rps"]
             lines.append(
-                f"| {row['connections']} | {old['ours']['rps']:,.0f} | {_ms(old['ours']['p99_us'])} |"
-                f" {row['ours']['rps']:,.0f} | {_ms(row['ours']['p99_us'])} |"
-                f" {row['ours']['rps'] / old['ours']['rps']:.2f} |"
-                f" {old['reference']['rps']:,.0f} / {row['reference']['rps']:,.0f} |"
+                f"| {c} | "
+                + " | ".join(f"{row['ours']['rps']:,.0f}, {_ms(row['ours']['p99_us'])}" for row in rows)
+                + " | "
+                + " | ".join(f"{now / row['ours']['rps']:.2f}" for row in rows[:-1])
+                + " | "
+                + " / ".join(f"{row['reference']['rps']:,.0f}" for row in rows)
+                + " |"
             )
         lines.append("")
-    before_fanout = {(row["viewers"], row["rate"]): row for row in before.get("fanout", [])}
-    rows = [row for row in after.get("fanout", []) if (row["viewers"], row["rate"]) in before_fanout]
-    if rows:
+    for before in befores:
+        before_fanout = {(row["viewers"], row["rate"]): row for row in before.get("fanout", [])}
+        rows = [row for row in after.get("fanout", []) if (row["viewers"], row["rate"]) in before_fanout]
+        if not rows:
+            continue
         lines += [
+            f"Fan-out, `{before.get('commit', '?')}` and now:",
+            "",
             "| viewers | changes/s | before p50 ms | before p99 ms | after p50 ms | after p99 ms | before worker CPU | after worker CPU |",
             "|---|---|---|---|---|---|---|---|",
         ]
@@ -108,10 +137,13 @@ def _before_and_after(before: dict[str, Any], after: dict[str, Any]) -> list[str
                 f"| {row['viewers']:,} | {row['rate']:g} | {old['p50_ms']:.0f} | {old['p99_ms']:.0f} |"
                 f" {row['p50_ms']:.0f} | {row['p99_ms']:.0f} | {old['server_cpu']:.2f} | {row['server_cpu']:.2f} |"
             )
+        lines.append("")
     return lines
 
 
-def write_report(results: dict[str, Any], path: Path, command: str, before: dict[str, Any] | None = None) -> None:
+def write_report(
+    results: dict[str, Any], path: Path, command: str, befores: list[dict[str, Any]] | None = None
+) -> None:
     machine = results["machine"]
     lines = [
         "# Benchmarks",
@@ -239,12 +271,12 @@ def write_report(results: dict[str, Any], path: Path, command: str, before: dict
             f"| {ranks['rps']:,.0f} | {_ms(ranks['p50_us'])} | {_ms(ranks['p90_us'])} | {_ms(ranks['p99_us'])} |"
             f" {ranks['status_errors'] + ranks['timeouts']} |",
         ]
-    if before is not None:
-        lines += _before_and_after(before, results)
+    if befores:
+        lines += _before_and_after(befores, results)
     lines += [
         "",
         "The figures are also in `bench/results.json`"
-        + (" (and *before* in `bench/results-before.json`)." if before else "."),
+        + (" (and the earlier commits' in `bench/before/`)." if befores else "."),
         "",
     ]
     path.write_text("\n".join(lines))

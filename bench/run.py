@@ -588,7 +588,11 @@ def main() -> None:
         "--only", nargs="+", choices=SECTIONS, default=SECTIONS, help="run only these sections (for profiling)"
     )
     parser.add_argument(
-        "--before", type=Path, help="an earlier run's results.json: the report compares them (see BENCHMARKS.md)"
+        "--before",
+        type=Path,
+        nargs="+",
+        default=[],
+        help="earlier runs' results.json, oldest first: the report compares with them (see BENCHMARKS.md)",
     )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
@@ -613,8 +617,8 @@ def main() -> None:
     results_file = args.out / "bench" / "results.json"
     results_file.parent.mkdir(parents=True, exist_ok=True)
     results_file.write_text(json.dumps(run.results, indent=2) + "\n")
-    before = json.loads(args.before.read_text()) if args.before else None
-    write_report(run.results, args.out / "BENCHMARKS.md", " ".join(["python -m bench.run", *sys.argv[1:]]), before)
+    befores = [json.loads(path.read_text()) for path in args.before]
+    write_report(run.results, args.out / "BENCHMARKS.md", " ".join(["python -m bench.run", *sys.argv[1:]]), befores)
     print(f"done in {run.results['seconds']:.0f} s: {args.out / 'BENCHMARKS.md'}, {results_file}")
 
 

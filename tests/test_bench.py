@@ -18,7 +18,9 @@ pytestmark = pytest.mark.e2e
 @pytest.mark.timeout(300)
 def test_the_harness_runs_every_section_and_writes_its_report(tmp_path: Path) -> None:
     assert shutil.which("wrk"), "wrk is needed (Debian package wrk; .ci/run installs it)"
-    subprocess.run([sys.executable, "-m", "bench.run", "--smoke", "--out", str(tmp_path)], cwd=ROOT, check=True)
+    befores = sorted(str(path) for path in (ROOT / "bench" / "before").glob("*.json"))
+    command = [sys.executable, "-m", "bench.run", "--smoke", "--out", str(tmp_path), "--before", *befores]
+    subprocess.run(command, cwd=ROOT, check=True)
     results = json.loads((tmp_path / "bench" / "results.json").read_text())
     assert results["smoke"] is True
     assert results["synchronous_commit"] == "on"
@@ -36,3 +38,8 @@ def test_the_harness_runs_every_section_and_writes_its_report(tmp_path: Path) ->
     for heading in ("## Floors", "## 1. Writes", "## 2. Fan-out", "## 3. End to end", "## 4. Rank lookup"):
         assert heading in report
     assert "Smoke run" in report
+    assert "## Before and after" in report
+    for before in befores:  # each earlier commit is named, with what changed after it
+        commit = json.loads(Path(before).read_text())["commit"]
+        assert f"- after `{commit}`" in report
+        assert "(not described)" not in report
