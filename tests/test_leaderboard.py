@@ -241,6 +241,23 @@ def test_a_batch_ranks_and_publishes_each_submission_as_if_applied_one_by_one(
     assert cache.entries() == sql_top(session, cache) == [("r", 105), ("p", 100), ("q", 95)]
 
 
+def test_a_big_boards_batch_goes_to_redis_in_short_script_calls_each_submission_still_published(
+    engine: Engine, session: Session, make_cache: Callable[[int], BoardCache], channel: ChannelListener
+) -> None:
+    cache = make_cache(1000)  # 4 submissions per call: each message encodes up to 1,000 entries
+    calls_before = REGISTRY.get_sample_value("leaderboard_redis_script_seconds_count", {"mode": "write"}) or 0
+    cache.apply([], mode="replace")
+    channel.drain()
+    channel.messages.clear()
+    outcomes = commit_submissions(engine, cache, [(f"user{i}", 10 + i) for i in range(10)])
+    # Applied from the lowest total up, each new user goes to the top as it lands.
+    assert outcomes == [Submission(f"user{i}", 10 + i, 1) for i in range(10)]
+    calls = (REGISTRY.get_sample_value("leaderboard_redis_script_seconds_count", {"mode": "write"}) or 0) - calls_before
+    assert calls == 3
+    assert [m["updatedUser"] for m in channel.drain()] == [f"user{i}" for i in range(10)]
+    assert cache.entries() == sql_top(session, cache)
+
+
 def test_a_submission_over_the_maximum_fails_alone_in_its_batch(
     engine: Engine, redis_conn: redis.Redis, board_name: str, base_env: dict[str, str]
 ) -> None:
