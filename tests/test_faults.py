@@ -190,17 +190,20 @@ def test_a_postgres_restart_between_requests_costs_no_request(stack: Stack) -> N
 class Submission:
     user: str
     score: int
-    key: str
+    key: str | None
     acked: bool = False
     attempts: int = 0
+    total: int | None = None  # the answer's new total
 
 
 @dataclass
 class Load:
-    """Writers that retry every submission with its Idempotency-Key until it gets a 200."""
+    """Writers that retry every submission with its Idempotency-Key until it gets a 200,
+    or, `keyed=False`, send each once without a key (group commit's path)."""
 
     stack: Stack
     users: list[str]
+    keyed: bool = True
     submissions: list[Submission] = field(default_factory=list)
     statuses: dict[int | str, int] = field(default_factory=dict)
     stop: threading.Event = field(default_factory=threading.Event)
@@ -218,14 +221,18 @@ class Load:
                 self.statuses[status] = self.statuses.get(status, 0) + 1
             if status == 200:
                 submission.acked = True
+                submission.total = answer.json()["score"]
             else:
                 assert status in (503, "ConnectionError", "ReadTimeout"), f"unexpected answer {status}"
                 time.sleep(random.uniform(0.05, 0.3))
+                if submission.key is None:
+                    return  # without a key a retry could count twice: the client gives up
 
     def writer(self, seed: int) -> None:
         rng = random.Random(seed)
         while not self.stop.is_set():
-            submission = Submission(rng.choice(self.users), rng.randint(1, 500), uuid.uuid4().hex)
+            key = uuid.uuid4().hex if self.keyed else None
+            submission = Submission(rng.choice(self.users), rng.randint(1, 500), key)
             with self.lock:
                 self.submissions.append(submission)
             self.submit_until_acked(submission, deadline=time.monotonic() + 30)
@@ -282,3 +289,50 @@ def test_nothing_accepted_is_lost_or_counted_twice_when_redis_then_postgres_go_d
         assert viewer.versions == sorted(set(viewer.versions))
     print(f"\n{len(load.submissions)} submissions, answers: {load.statuses}")
     viewers.close()
+
+
+def test_without_keys_every_acknowledged_score_is_kept_when_redis_then_postgres_go_down_under_load(
+    stack: Stack,
+) -> None:
+    """Group commit's path: many writers without keys, so submissions are recorded in batches."""
+    batched_before = stack.increment.metric("leaderboard_write_batch_size_sum")
+    batches_before = stack.increment.metric("leaderboard_write_batch_size_count")
+    users = [f"bulk{i:02d}" for i in range(40)]
+    load = Load(stack, users, keyed=False)
+    writers = [threading.Thread(target=load.writer, args=(seed,)) for seed in range(16)]
+    for thread in writers:
+        thread.start()
+    time.sleep(2)
+    stack.redis.stop()
+    time.sleep(2)
+    stack.redis.start()
+    time.sleep(2)
+    stack.postgres.stop()
+    time.sleep(2)
+    stack.postgres.start()
+    time.sleep(3)
+    load.stop.set()
+    for thread in writers:
+        thread.join(timeout=60)
+    assert load.statuses.get(503, 0) + load.statuses.get("ConnectionError", 0) > 0, "the faults were not felt"
+
+    with stack.engine.connect() as conn:
+        totals = dict(
+            conn.execute(text("SELECT user_id, total FROM scores WHERE user_id LIKE 'bulk%'")).all()  # type: ignore[arg-type]
+        )
+    for user in users:
+        mine = [s for s in load.submissions if s.user == user]
+        acked = [s for s in mine if s.acked]
+        kept, sent = sum(s.score for s in acked), sum(s.score for s in mine)
+        # Every 200 is in SQL; a failed one may have committed just before its connection broke.
+        assert kept <= totals.get(user, 0) <= sent, user
+        answered = [s.total for s in acked]
+        assert len(set(answered)) == len(answered), f"{user}: two answers with one total"
+        assert max(answered, default=0) <= totals.get(user, 0)
+
+    assert wait_until(stack.converged, timeout=10), "the Redis top N is not the SQL top N"
+    # Writes were recorded together (a batch of more than one), not one by one.
+    batched = stack.increment.metric("leaderboard_write_batch_size_sum") - batched_before
+    batches = stack.increment.metric("leaderboard_write_batch_size_count") - batches_before
+    assert batched > batches > 0
+    print(f"\n{len(load.submissions)} submissions in {batches:.0f} batches, answers: {load.statuses}")
