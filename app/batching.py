@@ -91,10 +91,6 @@ class GroupCommit(Generic[Item, Result]):
     def waiting(self) -> int:
         return len(self._waiting)
 
-    @property
-    def running(self) -> int:
-        return len(self._running)
-
     def _start_batches(self) -> None:
         """Give the lead to the oldest waiters that may run, while batches may start. Holds the lock."""
         while self._waiting and self._may_start():

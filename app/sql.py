@@ -139,16 +139,24 @@ def _pooled(engine: Engine) -> Iterator[Any]:
             pooled.close()
 
 
-def fetch_one(engine: Engine, sql: str, params: dict[str, Any]) -> tuple[Any, ...] | None:
-    """One row of a read-only statement, in autocommit (no BEGIN or COMMIT round trips)."""
+@contextmanager
+def one_statement(engine: Engine) -> Iterator[Any]:
+    """A cursor on a pooled connection in autocommit on PostgreSQL: a statement that stands
+    alone needs no BEGIN or COMMIT round trips."""
+    postgres = engine.dialect.name == "postgresql"
     with dbapi_connection(engine) as connection:
-        if engine.dialect.name == "postgresql":
+        if postgres:
             connection.autocommit = True
         try:
-            cursor = connection.cursor()
-            cursor.execute(adapt(engine, sql), params)
-            row = cursor.fetchone()
+            yield connection.cursor()
         finally:
-            if engine.dialect.name == "postgresql" and not connection.closed:
+            if postgres and not connection.closed:
                 connection.autocommit = False
-        return None if row is None else tuple(row)
+
+
+def fetch_one(engine: Engine, sql: str, params: dict[str, Any]) -> tuple[Any, ...] | None:
+    """One row of a read-only statement, in autocommit."""
+    with one_statement(engine) as cursor:
+        cursor.execute(adapt(engine, sql), params)
+        row = cursor.fetchone()
+    return None if row is None else tuple(row)

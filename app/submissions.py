@@ -27,7 +27,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from app.sql import adapt, dbapi_connection
+from app.sql import adapt, dbapi_connection, one_statement
 
 IDEMPOTENCY_TTL = timedelta(hours=24)
 
@@ -126,8 +126,15 @@ class Statements:
         )
 
 
+_STATEMENTS: dict[str, Statements] = {}
+
+
 def statements(engine: Engine) -> Statements:
-    return Statements.for_engine(engine)
+    """The statements for this engine's database, built once per database."""
+    dialect = engine.dialect.name
+    if dialect not in _STATEMENTS:
+        _STATEMENTS[dialect] = Statements.for_engine(engine)
+    return _STATEMENTS[dialect]
 
 
 @dataclass(frozen=True)
@@ -194,15 +201,9 @@ def record_many(
         "max_total": max_total,
         "top_n": top_n,
     }
-    with dbapi_connection(engine) as connection:
-        connection.autocommit = True  # one statement: no BEGIN or COMMIT round trips
-        try:
-            cursor = connection.cursor()
-            cursor.execute(sql.upsert_many_and_ahead, params)
-            rows = cursor.fetchall()
-        finally:
-            if not connection.closed:
-                connection.autocommit = False
+    with one_statement(engine) as cursor:
+        cursor.execute(sql.upsert_many_and_ahead, params)
+        rows = cursor.fetchall()
     recorded = {row[0]: _recorded(row[1], row[2], row[3], row[4], top_n) for row in rows}
     return [recorded.get(user_id) for user_id, _ in submitted]
 
