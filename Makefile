@@ -21,13 +21,14 @@ install: $(STAMP) ## Create .venv and install the pinned dependencies
 run: $(STAMP) ## Start both services (SQLite, local Redis) on :8000 and :8001
 	scripts/run.sh
 
-test: $(STAMP) ## Run the whole test suite against real PostgreSQL and Redis
+test: $(STAMP) ## Run the whole test suite against real PostgreSQL and Redis (installs what it needs)
+	scripts/ensure-services.sh tools
 	scripts/ensure-services.sh postgres
 	scripts/ensure-services.sh redis redis://127.0.0.1:6379
 	$(PY) -m pytest
 
 bench: $(STAMP) ## Benchmarks (about 5 minutes): writes BENCHMARKS.md and bench/results.json
-	@command -v wrk >/dev/null || { echo "wrk is needed: apt-get install wrk"; exit 1; }
+	scripts/ensure-services.sh tools
 	scripts/ensure-services.sh postgres
 	scripts/ensure-services.sh redis redis://127.0.0.1:6379
 	$(PY) -m bench.run $(if $(wildcard bench/before/*.json),--before $(sort $(wildcard bench/before/*.json)))

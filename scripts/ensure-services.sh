@@ -3,6 +3,7 @@
 #
 #   scripts/ensure-services.sh redis [URL]   # make run: Redis only
 #   scripts/ensure-services.sh postgres      # make test and CI: PostgreSQL on 127.0.0.1:5432
+#   scripts/ensure-services.sh tools         # make test and CI: chromium, nginx and wrk
 #
 # Something already answering is left alone. Otherwise the server is started
 # if installed, installed with apt-get first when missing and we are root, or
@@ -12,14 +13,16 @@ cd "$(dirname "$0")/.."
 
 say() { printf '%s\n' "$*" >&2; }
 
-apt_install() {
+apt_updated=""
+apt_install() {  # package...
     if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
-        say "error: $1 is not installed; install it (Debian: apt-get install $1) or point the URL at a running server."
+        say "error: $* not installed; install (Debian: apt-get install $*) or point the URL at a running server."
         exit 1
     fi
-    say "installing $1 with apt-get ..."
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$1" >/dev/null
+    say "installing $* with apt-get ..."
+    [ -n "$apt_updated" ] || apt-get update -qq
+    apt_updated=1
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
 }
 
 tcp_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
@@ -61,8 +64,23 @@ ensure_postgres() {
     wait_for 127.0.0.1 5432 PostgreSQL
 }
 
+# What the suite drives besides the servers: Debian's chromium for the board
+# page's browser tests, nginx for the deploy recipe's test, wrk for the
+# benchmark harness's smoke run.
+ensure_tools() {
+    local missing=()
+    [ -x /usr/bin/chromium ] || missing+=(chromium)
+    command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
+    command -v wrk >/dev/null || missing+=(wrk)
+    [ ${#missing[@]} -eq 0 ] && return 0
+    apt_install "${missing[@]}"
+    # nginx's package starts the stock site on port 80; the tests run their own nginx.
+    if pgrep -x nginx >/dev/null; then nginx -s stop 2>/dev/null || true; fi
+}
+
 case "${1:-}" in
     redis) ensure_redis "${2:-}" ;;
     postgres) ensure_postgres ;;
-    *) say "usage: $0 redis [URL] | postgres"; exit 2 ;;
+    tools) ensure_tools ;;
+    *) say "usage: $0 redis [URL] | postgres | tools"; exit 2 ;;
 esac
