@@ -16,7 +16,8 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from app import auth, cli, errors, health
 from app.extensions import db, init_redis, limiter, migrate, use_sqlite_wal
 from app.keeper import BoardKeeper
-from app.leaderboard import Board, BoardCache, group_commit
+from app.leaderboard import BoardCache, BoardDefaults, BoardRegistry
+from app.leaderboard.writes import group_commit
 from app.openapi import openapi_document
 from app.request_id import RequestIdFilter, init_request_id
 from config.logs import configure_logging
@@ -26,22 +27,24 @@ MIGRATIONS_DIR = PROJECT_ROOT / "migrations"
 
 
 def create_increment_app(settings: Settings | None = None) -> Flask:
-    """The Increment Service: `POST /score`."""
+    """The Increment Service: `POST /score`, the other boards' scores, and the admin routes."""
+    from app.admin.views import bp as admin_bp
     from app.scoring.views import bp as scoring_bp
 
     app = _build_app("increment", settings)
     with app.app_context():
-        app.extensions["group_commit"] = group_commit(db.engine, app.extensions["leaderboard"])
+        app.extensions["group_commit"] = group_commit(db.engine, app.extensions["board_cache"])
     app.register_blueprint(scoring_bp)
+    app.register_blueprint(admin_bp)
     return app
 
 
 def create_board_app(settings: Settings | None = None) -> Flask:
-    """The View Board Service: the live board, snapshots and ranks."""
+    """The View Board Service: the live boards, snapshots, ranks and the board page."""
     from app.board import init_board
 
     app = _build_app("board", settings)
-    init_board(app, app.extensions["settings"], app.extensions["leaderboard"])
+    init_board(app, app.extensions["settings"], app.extensions["boards"], app.extensions["board_cache"])
     return app
 
 
@@ -69,15 +72,18 @@ def _build_app(name: str, settings: Settings | None) -> Flask:
     auth.init_auth(app)
     limiter.init_app(app)
     client = init_redis(app.extensions, settings.redis_url, settings.redis_timeout_seconds, name)
-    board = Board(
-        name=settings.leaderboard_id,
+    defaults = BoardDefaults(
+        default_id=settings.leaderboard_id,
+        default_channel=settings.redis_channel,
         top_n=settings.top_n,
-        channel=settings.redis_channel,
         max_increment=settings.score_max_increment,
     )
-    cache = BoardCache(client, board)
-    app.extensions["leaderboard"] = cache
-    _keep_board(app, cache)
+    with app.app_context():
+        registry = BoardRegistry(db.engine, defaults)
+    cache = BoardCache(client)
+    app.extensions["boards"] = registry
+    app.extensions["board_cache"] = cache
+    _keep_boards(app, registry, cache)
 
     errors.register_error_handlers(app)
     init_request_id(app)
@@ -86,14 +92,14 @@ def _build_app(name: str, settings: Settings | None) -> Flask:
     return app
 
 
-def _keep_board(app: Flask, cache: BoardCache) -> None:
+def _keep_boards(app: Flask, registry: BoardRegistry, cache: BoardCache) -> None:
     """Reconcile Redis with SQL and compact the rank index in the background (app.keeper).
 
     Started with the first request, in the worker (gunicorn forks first), and
     only under gevent: in a plain process nothing would ever run the greenlet.
     """
     with app.app_context():
-        keeper = BoardKeeper(db.engine, cache)
+        keeper = BoardKeeper(db.engine, cache, registry)
     app.extensions["board_keeper"] = keeper
 
     @app.before_request

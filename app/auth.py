@@ -12,11 +12,12 @@ import re
 from datetime import timedelta
 from typing import Any
 
-from flask import Flask, Response
-from flask_jwt_extended import create_access_token, get_jwt_identity
+from flask import Flask, Response, current_app
+from flask_jwt_extended import create_access_token, get_jwt, get_jwt_identity, verify_jwt_in_request
 
-from app.errors import error_response
+from app.errors import Forbidden, error_response
 from app.extensions import jwt
+from app.leaderboard.names import display_name
 from app.models import USER_ID_MAX_LENGTH
 
 # Printable, no whitespace or control characters; ':' is fine (Redis members
@@ -33,11 +34,38 @@ def current_user_id() -> str:
     return str(get_jwt_identity())
 
 
-def mint_token(user_id: str, expires_in: timedelta) -> str:
-    """A signed access token for `user_id`, for scripts, demos and tests."""
+def current_display_name() -> str | None:
+    """The caller's display name (the JWT_NAME_CLAIM claim), when the token carries a usable one."""
+    return display_name(get_jwt().get(current_app.extensions["settings"].jwt_name_claim))
+
+
+def is_admin(claims: dict[str, Any]) -> bool:
+    """Whether the claims carry the admin role (ADMIN_CLAIM equal to, or a list holding, ADMIN_ROLE)."""
+    settings = current_app.extensions["settings"]
+    role = claims.get(settings.admin_claim)
+    return role == settings.admin_role or (isinstance(role, list) and settings.admin_role in role)
+
+
+def require_admin() -> None:
+    """Inside a view: a valid token (else 401) that carries the admin role (else 403)."""
+    verify_jwt_in_request()
+    if not is_admin(get_jwt()):
+        raise Forbidden("This needs a token with the admin role.")
+
+
+def mint_token(user_id: str, expires_in: timedelta, *, admin: bool = False, name: str | None = None) -> str:
+    """A signed access token for `user_id`, for scripts, demos and tests; with the admin role, a name."""
     if not is_valid_user_id(user_id):
         raise ValueError(f"user id must be 1 to {USER_ID_MAX_LENGTH} printable characters without spaces")
-    return str(create_access_token(identity=user_id, expires_delta=expires_in))
+    settings = current_app.extensions["settings"]
+    claims: dict[str, Any] = {}
+    if admin:
+        claims[settings.admin_claim] = settings.admin_role
+    if name is not None:
+        if display_name(name) is None:
+            raise ValueError("a name must be 1 to 64 printable characters")
+        claims[settings.jwt_name_claim] = display_name(name)
+    return str(create_access_token(identity=user_id, expires_delta=expires_in, additional_claims=claims))
 
 
 def _unauthorized(code: str, message: str) -> Response:

@@ -19,7 +19,14 @@ from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 
 from app.extensions import db, limiter
-from app.leaderboard import IdempotencyKeyReused, TotalLimitExceeded
+from app.leaderboard import (
+    BoardImmutable,
+    BoardNotFound,
+    BoardProtected,
+    IdempotencyKeyReused,
+    InvalidBoard,
+    TotalLimitExceeded,
+)
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +58,22 @@ class Unauthorized(APIError):
     message = "The bearer token is missing or invalid."
 
 
+class Forbidden(APIError):
+    status, code = 403, "forbidden"
+    message = "This token may not do that."
+
+
 class NotFound(APIError):
     status, code = 404, "not_found"
     message = "Not found."
+
+
+class UserNotFound(NotFound):
+    code = "user_not_found"
+
+
+class InvalidQuery(APIError):
+    status, code = 400, "invalid_query"
 
 
 class PayloadTooLarge(APIError):
@@ -132,6 +152,22 @@ def register_error_handlers(app: Flask) -> None:
         return error_response(
             422, "total_limit_exceeded", "This score would take the total past the largest exact value (2^53 - 1)."
         )
+
+    @app.errorhandler(BoardNotFound)
+    def board_not_found(error: BoardNotFound) -> Response:
+        return error_response(404, "board_not_found", f"There is no board {error.board_id!r}.")
+
+    @app.errorhandler(InvalidBoard)
+    def invalid_board(error: InvalidBoard) -> Response:
+        return error_response(422, "invalid_board", str(error))
+
+    @app.errorhandler(BoardImmutable)
+    def board_immutable(error: BoardImmutable) -> Response:
+        return error_response(409, "board_immutable", str(error))
+
+    @app.errorhandler(BoardProtected)
+    def board_protected(error: BoardProtected) -> Response:
+        return error_response(409, "board_protected", str(error))
 
     @app.errorhandler(IdempotencyKeyReused)
     def idempotency_conflict(error: IdempotencyKeyReused) -> Response:

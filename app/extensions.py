@@ -57,11 +57,32 @@ def init_redis(app_extensions: dict[str, object], url: str, timeout: float, name
     return client
 
 
+def init_hub_redis(app_extensions: dict[str, object], url: str, timeout: float) -> redis.Redis:
+    """The board hub's own client, for its one Pub/Sub connection.
+
+    Bytes, not text: redis-py turns a PONG into a message only then, and the
+    hub's liveness check listens for it. No health-check PINGs of redis-py's
+    own: the hub sends its own, from one greenlet, so no two ever write to the
+    connection at once.
+    """
+    client = redis.Redis.from_url(
+        url,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        health_check_interval=0,
+        decode_responses=False,
+        client_name=f"board-hub-{os.getpid()}",
+    )
+    app_extensions["hub_redis"] = client
+    return client
+
+
 def use_sqlite_wal(dbapi_connection: Any, connection_record: Any) -> None:
-    """SQLite pragmas for two services on one file: readers never block the writer."""
+    """SQLite pragmas for two services on one file: readers never block the writer; foreign keys hold."""
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
 
 

@@ -1,15 +1,20 @@
 """BoardKeeper: the background upkeep of every gevent worker, in either service.
 
-- About every second, it makes Redis agree with SQL: a board missing from
-  Redis (new, flushed, evicted, restarted empty) is rebuilt at once; an entry
-  of SQL's top N that Redis still gets wrong one check later (a write whose
-  Redis update was lost while Redis was unreachable) triggers a rebuild too.
-  So the live board converges to SQL within a few seconds of Redis answering
-  again, with no operator action and no write needed.
-- About every ten seconds, it compacts the rank index when that is due.
+- About every second, it makes Redis agree with SQL. Every board missing from
+  Redis (new, flushed, evicted, restarted empty, or built from another
+  database) is rebuilt at once; one round trip tells which. A board whose
+  entries Redis still gets wrong one check later (a write whose Redis update
+  was lost while Redis was unreachable) is rebuilt too. The entries are
+  compared for the default board every round, for the boards whose update
+  failed in this process, and for a few others in turn, so every board is
+  looked at within minutes even if the process that lost its update died.
+  So the live boards converge to SQL within a few seconds of Redis
+  answering again, with no operator action and no write needed.
+- About every ten seconds, it compacts the rank index of the boards where
+  that is due.
 
 Every worker runs one; they do not coordinate. Rebuilds are idempotent and
-never move a total backwards, and compaction takes a lock, so overlapping
+never move a value backwards, and compaction takes a lock, so overlapping
 work is only wasted, never wrong. Never imports Flask.
 """
 
@@ -22,28 +27,55 @@ from typing import Any
 
 import gevent
 import redis
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from app.leaderboard import BoardCache, board_drift, rebuild_board
-from app.ranks import COMPACT_AT_AGE_SECONDS, COMPACT_AT_BACKLOG, Compaction, compact_rank_index, rank_backlog
+from app.leaderboard.boards import Board, BoardRegistry
+from app.leaderboard.cache import BoardCache
+from app.leaderboard.ranks import (
+    COMPACT_AT_AGE_SECONDS,
+    COMPACT_AT_BACKLOG,
+    Compaction,
+    compact_rank_index,
+    rank_backlog,
+)
+from app.leaderboard.rebuild import Drift, board_drift, rebuild_board
 
 log = logging.getLogger(__name__)
 
 RECONCILE_EVERY_SECONDS = 1.0
 COMPACTION_CHECK_EVERY = 10  # reconcile rounds
+REGISTRY_EVERY = 5  # reconcile rounds between two reads of every board's settings
+# Boards besides the default and the stale ones whose entries one round compares with SQL.
+SWEEP_PER_ROUND = 5
+
+# The boards that have rank changes waiting: one index probe per board (a
+# loose index scan), not a scan of every change.
+_BOARDS_WITH_DELTAS = """
+    WITH RECURSIVE found (board) AS (
+        SELECT min(board) FROM rank_deltas
+        UNION ALL
+        SELECT (SELECT min(board) FROM rank_deltas WHERE board > found.board) FROM found WHERE found.board IS NOT NULL
+    )
+    SELECT board FROM found WHERE board IS NOT NULL
+"""
 
 
 class BoardKeeper:
     """Reconciles Redis with SQL and compacts the rank index, in one greenlet."""
 
-    def __init__(self, engine: Engine, cache: BoardCache) -> None:
+    def __init__(self, engine: Engine, cache: BoardCache, registry: BoardRegistry) -> None:
         self.engine = engine
         self.cache = cache
+        self.registry = registry
         self.rebuilds = 0
-        self._suspects: set[tuple[str, int, int | None]] = set()
-        self._last_compaction = time.monotonic()
+        self._boards: list[Board] = []
+        self._rounds = 0
+        self._sweep_at = 0
+        self._suspects: dict[str, Drift] = {}
+        self._last_compaction: dict[str, float] = {}
+        self._started = time.monotonic()
         self._greenlet: gevent.Greenlet[Any] | None = None
         self._failing_since: float | None = None
 
@@ -52,15 +84,13 @@ class BoardKeeper:
             self._greenlet = gevent.spawn(self._run)
 
     def _run(self) -> None:
-        rounds = 0
         while True:
             # Jittered, so the workers of a fleet do not all check at once.
             gevent.sleep(RECONCILE_EVERY_SECONDS * random.uniform(0.8, 1.2))
-            rounds += 1
             try:
                 self.reconcile()
-                if rounds % COMPACTION_CHECK_EVERY == 0:
-                    self.compact_rank_index_if_due()
+                if self._rounds % COMPACTION_CHECK_EVERY == 0:
+                    self.compact_rank_indexes_if_due()
                 self._failing_since = None
             except (redis.RedisError, SQLAlchemyError) as exc:
                 # An outage: say so once, then keep trying quietly.
@@ -70,33 +100,78 @@ class BoardKeeper:
             except Exception:
                 log.exception("board upkeep failed; retrying")
 
-    def reconcile(self) -> str:
-        """One check: "ok", "watching" (a difference seen once) or "rebuilt"."""
+    def reconcile(self) -> dict[str, str]:
+        """One round: what was done per board looked at ("ok", "watching" or "rebuilt")."""
+        if self._rounds % REGISTRY_EVERY == 0 or not self._boards:
+            self._boards = self.registry.all()
+        self._rounds += 1
+        by_id = {board.id: board for board in self._boards}
+        outcome: dict[str, str] = {}
+        built = self.cache.built(self._boards)
+        for board in self._boards:
+            if not built[board.id] and not self.cache.is_built(board):  # another worker may just have
+                outcome[board.id] = self._rebuild(board, "missing", "missing from Redis")
+        compare = [self.registry.default_id, *sorted(self.cache.stale_boards), *self._sweep()]
+        for board_id in dict.fromkeys(compare):
+            compared = by_id.get(board_id)
+            if compared is not None and board_id not in outcome:
+                outcome[board_id] = self.check(compared)
+        return outcome
+
+    def _sweep(self) -> list[str]:
+        """The next few boards in turn, so each is compared with SQL now and then."""
+        if not self._boards:
+            return []
+        start = self._sweep_at % len(self._boards)
+        taken = (self._boards[start:] + self._boards[:start])[:SWEEP_PER_ROUND]
+        self._sweep_at = start + SWEEP_PER_ROUND
+        return [board.id for board in taken]
+
+    def check(self, board: Board) -> str:
+        """Compare one board with SQL: "ok", "watching" (a difference seen once) or "rebuilt"."""
         with Session(self.engine) as session:
-            drift = board_drift(session, self.cache)
-            if drift is not None and not (drift & self._suspects):
-                self._suspects = drift
-                return "watching" if drift else "ok"
-            reason = "missing from Redis" if drift is None else f"{len(drift)} entries wrong in Redis"
-            rebuild_board(session, self.cache, reason="missing" if drift is None else "drift")
-        self._suspects = set()
+            drift = board_drift(session, self.cache, board)
+        if drift is None:
+            return self._rebuild(board, "missing", "missing from Redis")
+        suspects = self._suspects.get(board.id, set())
+        if not (drift & suspects):
+            if drift:
+                self._suspects[board.id] = drift
+                return "watching"
+            self._suspects.pop(board.id, None)
+            self.cache.stale_boards.discard(board.id)
+            return "ok"
+        return self._rebuild(board, "drift", f"{len(drift)} entries wrong in Redis")
+
+    def _rebuild(self, board: Board, reason: str, why: str) -> str:
+        with Session(self.engine) as session:
+            rebuild_board(session, self.cache, board, reason=reason)
+        self._suspects.pop(board.id, None)
+        self.cache.stale_boards.discard(board.id)
         self.rebuilds += 1
-        log.warning("rebuilt board %s from SQL: %s", self.cache.board.name, reason)
+        log.warning("rebuilt board %s from SQL: %s", board.id, why)
         return "rebuilt"
 
-    def compact_rank_index_if_due(self) -> Compaction | None:
+    def compact_rank_indexes_if_due(self) -> dict[str, Compaction | None]:
+        """Compact the rank index of every board with enough changes waiting, or with any for long enough."""
         with self.engine.connect() as connection:
-            backlog = rank_backlog(connection, self.cache.board.name)
-        waited = time.monotonic() - self._last_compaction
-        if not (backlog >= COMPACT_AT_BACKLOG or (backlog and waited >= COMPACT_AT_AGE_SECONDS)):
-            return None
+            boards = list(connection.execute(text(_BOARDS_WITH_DELTAS)).scalars())
+            backlogs = {board: rank_backlog(connection, board) for board in boards}
+        done: dict[str, Compaction | None] = {}
+        for board, backlog in backlogs.items():
+            waited = time.monotonic() - self._last_compaction.get(board, self._started)
+            if backlog >= COMPACT_AT_BACKLOG or (backlog and waited >= COMPACT_AT_AGE_SECONDS):
+                done[board] = self.compact_rank_index(board)
+        return done
+
+    def compact_rank_index(self, board: str) -> Compaction | None:
         started = time.monotonic()
-        result = compact_rank_index(self.engine, self.cache.board.name)
-        self._last_compaction = time.monotonic()
+        result = compact_rank_index(self.engine, board)
+        self._last_compaction[board] = time.monotonic()
         if result is not None:
             log.info(
                 "rank index of %s: folded %d changes into %d buckets%s in %.2fs",
-                self.cache.board.name,
+                board,
                 result.folded,
                 result.buckets,
                 " (recut)" if result.recut else "",

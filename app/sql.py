@@ -4,7 +4,8 @@ SQLAlchemy's pool still hands out, pings, recycles and invalidates the
 connections; only statement building is skipped, because on this class of
 machine building and compiling a statement costs more CPU than the rest of
 a request (BENCHMARKS.md). Statements are written once, with `:name`
-parameters and `{now}` for the database's clock, and adapted per database.
+parameters, `{now}` and `{now_us}` for the database's clock (a timestamp, µs since the
+epoch) and `{greatest}` for the larger of two values, and adapted per database.
 """
 
 from __future__ import annotations
@@ -30,6 +31,12 @@ NOW = {
     "postgresql": "(clock_timestamp() AT TIME ZONE 'UTC')",
     "sqlite": "strftime('%Y-%m-%d %H:%M:%f000', 'now')",
 }
+# The same clock in µs since the epoch, for row versions; and the larger of two values.
+NOW_US = {
+    "postgresql": "(extract(epoch from clock_timestamp()) * 1000000)::bigint",
+    "sqlite": "CAST((julianday('now') - 2440587.5) * 86400000000.0 AS INTEGER)",
+}
+GREATEST = {"postgresql": "greatest", "sqlite": "max"}
 
 _ADAPTED: dict[tuple[str, str], str] = {}
 
@@ -40,7 +47,8 @@ def adapt(engine: Engine, sql: str) -> str:
     if dialect not in NOW:
         raise RuntimeError(f"unsupported database: {dialect}")
     if (dialect, sql) not in _ADAPTED:
-        text = sql.replace("{now}", NOW[dialect])
+        text = sql.replace("{now}", NOW[dialect]).replace("{now_us}", NOW_US[dialect])
+        text = text.replace("{greatest}", GREATEST[dialect])
         if dialect == "postgresql":  # psycopg2 takes %(name)s
             text = re.sub(r"(?<!:):(\w+)", r"%(\1)s", text)
         _ADAPTED[dialect, sql] = text
@@ -137,6 +145,14 @@ def _pooled(engine: Engine) -> Iterator[Any]:
     finally:
         if pooled is not None:
             pooled.close()
+
+
+def as_sqlalchemy_error(engine: Engine, error: Exception, dbapi_connection: Any) -> Exception:
+    """A DBAPI error caught while its connection stays checked out, as SQLAlchemy's (others as they are)."""
+    if not isinstance(error, engine.dialect.loaded_dbapi.Error):
+        return error
+    lost = bool(engine.dialect.is_disconnect(error, dbapi_connection, None))
+    return DBAPIError.instance(None, None, error, engine.dialect.loaded_dbapi.Error, connection_invalidated=lost)
 
 
 @contextmanager

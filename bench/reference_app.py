@@ -15,11 +15,11 @@ import json
 
 import jwt
 import redis
+from app.submissions import Statements
 from flask import Flask, request
 from sqlalchemy import create_engine
 
 from app.leaderboard import Board, BoardCache, Standing
-from app.submissions import Statements
 from config.settings import Settings
 
 settings = Settings.from_env()

@@ -31,6 +31,7 @@ MAX_SAFE_TOTAL = 2**53 - 1
 
 ENVIRONMENTS = ("development", "testing", "production")
 _BOARD_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_CLAIM = re.compile(r"^[A-Za-z0-9_:/.-]{1,100}$")
 
 
 # Every variable `Settings.from_env` reads; the README's table and
@@ -49,6 +50,9 @@ VARIABLES = (
     "JWT_PUBLIC_KEY",
     "JWT_ISSUER",
     "JWT_AUDIENCE",
+    "JWT_NAME_CLAIM",
+    "ADMIN_CLAIM",
+    "ADMIN_ROLE",
     "DB_POOL_SIZE",
     "DB_TIMEOUT_SECONDS",
     "REDIS_TIMEOUT_SECONDS",
@@ -89,6 +93,9 @@ class Settings:
     jwt_public_key: str | None = None
     jwt_issuer: str | None = None
     jwt_audience: str | None = None
+    jwt_name_claim: str = "name"
+    admin_claim: str = "role"
+    admin_role: str = "admin"
     db_pool_size: int = 10
     db_timeout_seconds: float = 5.0
     redis_timeout_seconds: float = 2.0
@@ -130,6 +137,9 @@ class Settings:
             jwt_public_key=reader.pem("JWT_PUBLIC_KEY"),
             jwt_issuer=reader.optional("JWT_ISSUER"),
             jwt_audience=reader.optional("JWT_AUDIENCE"),
+            jwt_name_claim=reader.matching("JWT_NAME_CLAIM", cls.jwt_name_claim, _CLAIM),
+            admin_claim=reader.matching("ADMIN_CLAIM", cls.admin_claim, _CLAIM),
+            admin_role=reader.text("ADMIN_ROLE", cls.admin_role),
             db_pool_size=reader.integer("DB_POOL_SIZE", cls.db_pool_size, low=1, high=500),
             db_timeout_seconds=reader.number("DB_TIMEOUT_SECONDS", cls.db_timeout_seconds, low=0.1, high=300),
             redis_timeout_seconds=reader.number("REDIS_TIMEOUT_SECONDS", cls.redis_timeout_seconds, low=0.1, high=300),

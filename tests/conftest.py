@@ -11,6 +11,7 @@ TEST_REDIS_URL           the Redis to use (default redis://127.0.0.1:6379/9)
 
 from __future__ import annotations
 
+import itertools
 import os
 import secrets
 import time
@@ -29,7 +30,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 
 from app import create_board_app, create_increment_app
-from app.leaderboard import BoardKeys
+from app.leaderboard import Board, BoardCache, BoardDefaults, BoardKeys, BoardRegistry
 from config.settings import Settings, normalize_database_url
 
 ADMIN_URL = os.environ.get("TEST_ADMIN_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -135,10 +136,25 @@ def clean_state(request: pytest.FixtureRequest, board_name: str) -> None:
 
 
 def _wipe(engine: Engine, client: redis.Redis, board: str) -> None:
+    """Every table emptied but the default board's row (each app keeps its uid), and every Redis
+    key of this run's boards (all named `<board>...`)."""
     with engine.begin() as conn:
-        for table in ("scores", "idempotency_keys", "rank_deltas", "rank_buckets"):
+        for table in ("scores", "idempotency_keys", "rank_deltas", "rank_buckets", "user_names"):
             conn.execute(text(f"DELETE FROM {table}"))  # noqa: S608 - fixed names
-    client.delete(*BoardKeys.for_board(board).as_list())
+        conn.execute(text("DELETE FROM boards WHERE id <> :board"), {"board": board})
+        conn.execute(text("UPDATE boards SET title = id WHERE id = :board"), {"board": board})
+        # The default board exists before any app has run, as it does for rows arranged by hand.
+        conn.execute(
+            text(
+                "INSERT INTO boards (id, uid, title, top_n, sort_order, operator, score_min, score_max, reset,"
+                " timezone, created_at, updated_at) VALUES (:board, :uid, :board, 10, 'desc', 'incr', 1, 1000000,"
+                " 'none', 'UTC', now(), now()) ON CONFLICT (id) DO NOTHING"
+            ),
+            {"board": board, "uid": secrets.token_hex(16)},
+        )
+    stale = list(client.scan_iter(match=f"lb:{{{board}*", count=1000))
+    if stale:
+        client.delete(*stale)
 
 
 @pytest.fixture
@@ -159,6 +175,40 @@ def make_app(make_settings: Callable[..., Settings], engine: Engine) -> Iterator
 
             db.engine.dispose()
         app.extensions["redis"].close()
+        if "hub_redis" in app.extensions:
+            app.extensions["hub_redis"].close()
+
+
+@pytest.fixture
+def registry(engine: Engine, board_name: str, base_env: dict[str, str]) -> BoardRegistry:
+    """The boards of this run's database, as the apps see them (the default board is `board_name`)."""
+    defaults = BoardDefaults(
+        default_id=board_name, default_channel=base_env["REDIS_CHANNEL"], top_n=10, max_increment=1_000_000
+    )
+    return BoardRegistry(engine, defaults)
+
+
+@pytest.fixture
+def cache(redis_conn: redis.Redis) -> BoardCache:
+    return BoardCache(redis_conn)
+
+
+@pytest.fixture
+def make_board(registry: BoardRegistry, board_name: str) -> Callable[..., Board]:
+    """Create a board of this run (`<board_name>-<n>`) with the given settings (top_n=3 unless said)."""
+    made = itertools.count()
+
+    def build(top_n: int = 3, **settings: Any) -> Board:
+        board, _ = registry.put(f"{board_name}-{next(made)}", {"top_n": top_n, **settings})
+        return board
+
+    return build
+
+
+def default_board(app: Flask) -> Board:
+    """The app's default board, as its registry has it."""
+    registry: BoardRegistry = app.extensions["boards"]
+    return registry.get(registry.default_id)
 
 
 @pytest.fixture
@@ -196,6 +246,7 @@ def board_state(engine: Engine, redis_conn: redis.Redis, board_name: str) -> Cal
             "members": redis_conn.hgetall(keys.members),
             "version": redis_conn.get(keys.version),
             "latest": redis_conn.get(keys.latest),
+            "names": redis_conn.hgetall(keys.names),
         }
 
     return capture

@@ -12,7 +12,7 @@ from flask import Flask
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
-from tests.conftest import JWT_SECRET, auth
+from tests.conftest import JWT_SECRET, auth, default_board
 from tests.servers import ROOT, service_env
 
 
@@ -51,13 +51,13 @@ def test_rebuild_restores_the_board_from_sql(app: Flask, redis_conn: redis.Redis
     client = app.test_client()
     for user, score in [("a", 3), ("b", 2), ("c", 1)]:
         client.post("/score", json={"score": score}, headers=auth(user))
-    cache = app.extensions["leaderboard"]
-    expected = cache.entries()
+    cache, board = app.extensions["board_cache"], default_board(app)
+    expected = cache.entries(board)
     redis_conn.flushdb()  # this run's own Redis database
     result = app.test_cli_runner().invoke(args=["rebuild"])
     assert result.exit_code == 0, result.output
     assert "3 entries" in result.output
-    assert cache.entries() == expected == [("a", 3), ("b", 2), ("c", 1)]
+    assert cache.entries(board) == expected == [("a", 3), ("b", 2), ("c", 1)]
 
 
 def test_prune_deletes_only_expired_keys(app: Flask, engine: Engine) -> None:

@@ -61,7 +61,10 @@ def board_version(client: redis.Redis, board_name: str) -> int:
 
 
 def stats(server: GunicornServer, **params: str) -> dict[str, Any]:
-    return requests.get(f"{server.url}/stats", params=params, timeout=30).json()  # type: ignore[no-any-return]
+    """A worker's /stats, as an operator asks for them (an admin token)."""
+    response = requests.get(f"{server.url}/stats", params=params, headers=auth("ops", role="admin"), timeout=30)
+    assert response.status_code == 200, response.text
+    return response.json()  # type: ignore[no-any-return]
 
 
 # -- the stream --------------------------------------------------------------
@@ -183,8 +186,23 @@ def test_a_viewer_that_stops_reading_is_dropped_without_delaying_others(
     board_name: str,
     base_env: dict[str, str],
 ) -> None:
-    board = start_board(SSE_WRITE_TIMEOUT_SECONDS="1", SSE_COALESCE_MS="0", TOP_N="1000")
-    increment = GunicornServer("wsgi_increment", {**base_env, "TOP_N": "1000"}, workers=2).start()
+    # A default board of its own, so no other running service holds another TOP_N for it.
+    big = {
+        "LEADERBOARD_ID": f"{board_name}-big",
+        "REDIS_CHANNEL": f"leaderboard:updated:{board_name}-big",
+        "TOP_N": "1000",
+    }
+    board = start_board(SSE_WRITE_TIMEOUT_SECONDS="1", SSE_COALESCE_MS="0", **big)
+    increment = GunicornServer("wsgi_increment", {**base_env, **big}, workers=2).start()
+    try:
+        _a_stuck_viewer_delays_no_one(board, increment, redis_conn, big["LEADERBOARD_ID"])
+    finally:
+        increment.stop()
+
+
+def _a_stuck_viewer_delays_no_one(
+    board: GunicornServer, increment: GunicornServer, redis_conn: redis.Redis, board_name: str
+) -> None:
     # Big frames: 300 users with 100-character ids, about 35 KB a frame.
     with ThreadPoolExecutor(max_workers=16) as pool:
         list(pool.map(lambda i: post_score(increment, f"{i:03d}" + "x" * 97, 1), range(300)))
@@ -219,7 +237,6 @@ def test_a_viewer_that_stops_reading_is_dropped_without_delaying_others(
     assert _rss_kb(worker) - rss_before < 30_000, "the worker's memory grew with the stuck viewer"
     readers.close()
     stuck.close()
-    increment.stop()
 
 
 def test_1000_connect_disconnect_cycles_leak_nothing(
@@ -249,7 +266,7 @@ def test_1000_connect_disconnect_cycles_leak_nothing(
 
 
 def _redis_clients(client: redis.Redis, pid: int) -> int:
-    return sum(1 for c in client.client_list() if c.get("name") == f"board-{pid}")
+    return sum(1 for c in client.client_list() if c.get("name", "").endswith(f"-{pid}"))
 
 
 def test_one_pubsub_connection_per_worker_whatever_the_viewers(
@@ -263,8 +280,8 @@ def test_one_pubsub_connection_per_worker_whatever_the_viewers(
     pids = {stats(board)["pid"] for _ in range(20)}
     assert wait_until(lambda: redis_conn.pubsub_numsub(channel) == [(channel, 2)], timeout=10)
     for pid in pids:
-        subscribed = [c for c in redis_conn.client_list() if c.get("name") == f"board-{pid}" and c["sub"] != "0"]
-        assert len(subscribed) == 1
+        subscribed = [c for c in redis_conn.client_list() if c.get("name", "").endswith(f"-{pid}") and c["sub"] != "0"]
+        assert [c["name"] for c in subscribed] == [f"board-hub-{pid}"]
     swarm.close()
     assert redis_conn.pubsub_numsub(channel) == [(channel, 2)]
 
@@ -356,12 +373,13 @@ def test_cors_allows_only_the_listed_origins(start_board: Callable[..., Gunicorn
 
 
 def test_snapshot_and_exact_ranks_outside_the_top_n(
-    start_board: Callable[..., GunicornServer], base_env: dict[str, str], engine: Any
+    start_board: Callable[..., GunicornServer], base_env: dict[str, str], board_name: str, engine: Any
 ) -> None:
-    three = {**base_env, "TOP_N": "3"}
-    increment = GunicornServer("wsgi_increment", three, workers=1).start()
+    # A default board of its own, so no other running service holds another TOP_N for it.
+    three = {"LEADERBOARD_ID": f"{board_name}-three", "REDIS_CHANNEL": f"lb-three:{board_name}", "TOP_N": "3"}
+    increment = GunicornServer("wsgi_increment", {**base_env, **three}, workers=1).start()
     try:
-        board = start_board(TOP_N="3")
+        board = start_board(**three)
         scores = {"u1": 50, "u2": 40, "u3": 30, "u4": 20, "u5": 10, "u6": 20}
         for user, score in scores.items():
             post_score(increment, user, score)

@@ -6,6 +6,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from flask import Flask
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -62,17 +63,22 @@ def is_valid(body: bytes) -> int | None:
     return score if type(score) is int and 1 <= score <= 1_000_000 else None
 
 
+@pytest.fixture
+def unlimited_app(make_app: Callable[..., Flask]) -> Flask:
+    """One app for every example (hypothesis shares a test's fixtures among its examples)."""
+    return make_app(RATE_LIMIT_PER_USER="off")
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(body=bodies)
 def test_any_body_gets_no_5xx_and_changes_nothing_unless_valid(
-    make_app: Callable[..., Flask], board_state: Callable[[], Any], body: bytes
+    unlimited_app: Flask, board_state: Callable[[], Any], body: bytes
 ) -> None:
-    app = make_app(RATE_LIMIT_PER_USER="off")
-    client = app.test_client()
+    client = unlimited_app.test_client()
     before = board_state()
     response = client.post("/score", data=body, headers=auth("prop") | {"Content-Type": "application/json"})
     assert response.status_code < 500, response.get_data(as_text=True)
-    assert set(response.get_json()) <= {"status", "userId", "score", "rank", "error"}
+    assert set(response.get_json()) <= {"status", "userId", "score", "rank", "improved", "error"}
     increment = is_valid(body)
     if increment is None:
         assert response.status_code in (400, 413, 422), body

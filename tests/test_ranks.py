@@ -13,8 +13,8 @@ import redis
 from sqlalchemy import Engine, create_engine, text
 
 from app.keeper import BoardKeeper
-from app.leaderboard import Board, BoardCache
-from app.ranks import COMPACT_AT_BACKLOG, compact_rank_index, exact_rank, rank_backlog
+from app.leaderboard import Board, BoardCache, BoardRegistry, ranks
+from app.leaderboard.ranks import COMPACT_AT_BACKLOG, Entry, compact_rank_index, exact_rank, rank_backlog
 from tests.servers import flask_db_upgrade
 
 T0 = datetime(2026, 3, 1)
@@ -33,15 +33,30 @@ def any_engine(request: pytest.FixtureRequest, tmp_path: Path, base_env: dict[st
     engine.dispose()
 
 
-def write(engine: Engine, board: str, user: str, total: int, reached: datetime) -> None:
-    """Insert or change a row as the service does (an upsert, so the triggers see an UPDATE)."""
+def ensure_board(engine: Engine, board: str, ascending: bool = False) -> None:
+    """The board's row, as a registered board has one (scores refer to it)."""
     with engine.begin() as conn:
         conn.execute(
             text(
-                "INSERT INTO scores (board, user_id, total, reached_at, version) VALUES (:b, :u, :t, :r, 1) "
+                "INSERT INTO boards (id, uid, title, top_n, sort_order, operator, score_min, score_max, reset,"
+                " timezone, created_at, updated_at) VALUES (:b, 'uid', :b, 10, :order, 'set', 0, 1000000000,"
+                " 'none', 'UTC', :now, :now) ON CONFLICT (id) DO NOTHING"
+            ),
+            {"b": board, "order": "asc" if ascending else "desc", "now": T0},
+        )
+
+
+def write(engine: Engine, board: str, user: str, total: int, reached: datetime, ascending: bool = False) -> None:
+    """Insert or change a row as the service does (an upsert, so the triggers see an UPDATE)."""
+    ensure_board(engine, board, ascending)
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO scores (board, user_id, total, reached_at, version, ascending)"
+                " VALUES (:b, :u, :t, :r, 1, :asc) "
                 "ON CONFLICT (board, user_id) DO UPDATE SET total = excluded.total, reached_at = excluded.reached_at"
             ),
-            {"b": board, "u": user, "t": total, "r": reached},
+            {"b": board, "u": user, "t": total, "r": reached, "asc": ascending},
         )
 
 
@@ -72,18 +87,21 @@ def random_board(engine: Engine, board: str, rng: random.Random, users: int) -> 
         )
 
 
-def test_rank_key_order_is_the_ranking_order(any_engine: Engine) -> None:
-    board = "order"
+@pytest.mark.parametrize("ascending", [False, True], ids=["desc", "asc"])
+def test_rank_key_order_is_the_ranking_order(any_engine: Engine, ascending: bool) -> None:
+    board = f"order-{ascending}"
     for user, total, reached in [
         ("b", 10, T0),
         ("a", 10, T0),
         ("c", 10, T0 - timedelta(microseconds=1)),
         ("d", 11, T0),
+        ("e", 0, T0),
     ]:
-        write(any_engine, board, user, total, reached)
+        write(any_engine, board, user, total, reached, ascending)
     with any_engine.connect() as conn:
         by_key = conn.execute(text("SELECT user_id FROM scores WHERE board = :b ORDER BY rank_key"), {"b": board})
-        assert [row[0] for row in by_key] == ["d", "c", "a", "b"]
+        expected = ["e", "c", "a", "b", "d"] if ascending else ["d", "c", "a", "b", "e"]
+        assert [row[0] for row in by_key] == expected
 
 
 def test_ranks_are_exact_before_and_after_compaction_and_as_changes_pile_up(any_engine: Engine) -> None:
@@ -157,8 +175,9 @@ def test_compaction_racing_writers_keeps_ranks_exact(engine: Engine) -> None:
     assert_exact(engine, board)
 
 
-def test_the_keeper_compacts_a_large_backlog(engine: Engine, redis_conn: redis.Redis) -> None:
+def test_the_keeper_compacts_a_large_backlog(engine: Engine, redis_conn: redis.Redis, registry: BoardRegistry) -> None:
     board = "keeper"
+    ensure_board(engine, board)
     with engine.begin() as conn:
         conn.execute(
             text(
@@ -167,8 +186,8 @@ def test_the_keeper_compacts_a_large_backlog(engine: Engine, redis_conn: redis.R
             ),
             {"b": board, "r": T0, "n": COMPACT_AT_BACKLOG + 10},
         )
-    keeper = BoardKeeper(engine, BoardCache(redis_conn, Board(board, top_n=10, channel="unused", max_increment=1)))
-    assert keeper.compact_rank_index_if_due() is not None
+    keeper = BoardKeeper(engine, BoardCache(redis_conn), registry)
+    assert keeper.compact_rank_indexes_if_due()[board] is not None
     with engine.connect() as conn:
         assert rank_backlog(conn, board) == 0
         buckets = conn.execute(text("SELECT count(*) FROM rank_buckets WHERE board = :b"), {"b": board}).scalar_one()
@@ -176,3 +195,89 @@ def test_the_keeper_compacts_a_large_backlog(engine: Engine, redis_conn: redis.R
     expected = naive_ranks(engine, board)
     sample = random.Random(1).sample(sorted(expected), 200)
     assert {u: exact_rank(engine, board, expected[u][0]) for u in sample} == {u: expected[u][1] for u in sample}
+
+
+# -- pages, around a user, friends --------------------------------------------
+
+
+def ranking_states(engine: Engine, board: str, rng: random.Random) -> Iterator[str]:
+    """The board's rank index in each state a query can meet: no buckets, freshly cut, changes piled up."""
+    random_board(engine, board, rng, 95)
+    yield "no buckets"
+    compact_rank_index(engine, board, bucket_size=8)
+    yield "buckets"
+    for _ in range(60):
+        write(engine, board, f"user{rng.randrange(110):03d}", rng.choice([1, 5, 10, 20, 50, 999]), T0)
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM scores WHERE board = :b AND user_id IN ('user003', 'user040')"), {"b": board})
+    yield "buckets and changes since"
+
+
+def expected_entries(engine: Engine, board: str) -> list[tuple[int, str, int]]:
+    ranks = naive_ranks(engine, board)
+    with engine.connect() as conn:
+        totals = dict(conn.execute(text("SELECT user_id, total FROM scores WHERE board = :b"), {"b": board}).all())
+    return sorted((rank, user, totals[user]) for user, (_, rank) in ranks.items())
+
+
+def rows(entries: list[Entry]) -> list[tuple[int, str, int]]:
+    return [(entry.rank, entry.user_id, entry.score) for entry in entries]
+
+
+def test_pages_are_exact_in_every_state_of_the_index(any_engine: Engine) -> None:
+    board = Board(id="pages", top_n=10, channel="unused")
+    for state in ranking_states(any_engine, board.id, random.Random(21)):
+        expected = expected_entries(any_engine, board.id)
+        count = len(expected)
+        for offset, limit in [(0, 10), (7, 1), (8, 8), (15, 30), (count - 3, 10), (count, 5), (count + 50, 100)]:
+            page = ranks.page(any_engine, board, offset, limit)
+            assert page.count == count, state
+            assert rows(page.entries) == expected[offset : offset + limit], (state, offset, limit)
+
+
+def test_around_a_user_keeps_the_window_full_at_the_top_and_the_bottom(any_engine: Engine) -> None:
+    board = Board(id="around", top_n=10, channel="unused")
+    for state in ranking_states(any_engine, board.id, random.Random(22)):
+        expected = expected_entries(any_engine, board.id)
+        by_rank = [user for _, user, _ in expected]
+        top, bottom, middle = by_rank[0], by_rank[-1], by_rank[len(by_rank) // 2]
+        assert rows(ranks.around(any_engine, board, top, 5).entries) == expected[:5], state
+        assert rows(ranks.around(any_engine, board, by_rank[1], 5).entries) == expected[:5], state
+        assert rows(ranks.around(any_engine, board, bottom, 5).entries) == expected[-5:], state
+        found = ranks.around(any_engine, board, middle, 5)
+        assert found is not None
+        index = by_rank.index(middle)
+        assert rows(found.entries) == expected[index - 2 : index + 3], state
+        assert found.count == len(expected)
+        assert rows(ranks.around(any_engine, board, middle, 4).entries) == expected[index - 1 : index + 3]
+        assert ranks.around(any_engine, board, "nobody", 5) is None
+
+
+def test_around_on_a_board_smaller_than_the_window(any_engine: Engine) -> None:
+    board = Board(id="small", top_n=10, channel="unused")
+    for user, total in [("a", 3), ("b", 2), ("c", 1)]:
+        write(any_engine, board.id, user, total, T0)
+    found = ranks.around(any_engine, board, "c", 10)
+    assert found is not None
+    assert rows(found.entries) == [(1, "a", 3), (2, "b", 2), (3, "c", 1)]
+
+
+def test_friends_come_in_rank_order_with_exact_ranks_and_unknown_users_left_out(any_engine: Engine) -> None:
+    board = Board(id="friends", top_n=10, channel="unused")
+    for state in ranking_states(any_engine, board.id, random.Random(23)):
+        expected = expected_entries(any_engine, board.id)
+        chosen = random.Random(len(state)).sample(expected, 12)
+        users = [user for _, user, _ in chosen] + ["nobody", "user003"]  # user003 was deleted in the last state
+        got = rows(ranks.ranks_of(any_engine, board, users))
+        assert got == sorted(entry for entry in expected if entry[1] in users), state
+
+
+def test_rankings_carry_the_names_users_gave(any_engine: Engine) -> None:
+    board = Board(id="named", top_n=10, channel="unused")
+    for user, total in [("a", 3), ("b", 2)]:
+        write(any_engine, board.id, user, total, T0)
+    with any_engine.begin() as conn:
+        conn.execute(text("INSERT INTO user_names (user_id, name, updated_at) VALUES ('b', 'Bea', :t)"), {"t": T0})
+    page = ranks.page(any_engine, board, 0, 10)
+    assert [(entry.user_id, entry.name) for entry in page.entries] == [("a", None), ("b", "Bea")]
+    assert [entry.name for entry in ranks.ranks_of(any_engine, board, ["b"])] == ["Bea"]

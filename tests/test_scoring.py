@@ -44,7 +44,13 @@ def assert_error(response: Any, status: int, code: str) -> None:
 def test_first_score_creates_the_total_and_ranks_the_user(client: FlaskClient, channel: ChannelListener) -> None:
     response = post(client, {"score": 1234})
     assert response.status_code == 200
-    assert list(response.get_json().items()) == [("status", "ok"), ("userId", "alice"), ("score", 1234), ("rank", 1)]
+    assert list(response.get_json().items()) == [
+        ("status", "ok"),
+        ("userId", "alice"),
+        ("score", 1234),
+        ("rank", 1),
+        ("improved", True),
+    ]
     [message] = channel.drain()
     assert message["type"] == "update"
     assert message["updatedUser"] == "alice"
@@ -55,13 +61,20 @@ def test_first_score_creates_the_total_and_ranks_the_user(client: FlaskClient, c
 
 
 def test_scores_add_up_and_ranks_follow(client: FlaskClient, engine: Engine, channel: ChannelListener) -> None:
+    def alices_version() -> int:
+        with engine.connect() as conn:
+            return int(conn.execute(text("SELECT version FROM scores WHERE user_id = 'alice'")).scalar_one())
+
     assert post(client, {"score": 100}, "alice").get_json()["rank"] == 1
-    assert post(client, {"score": 150}, "bob").get_json() == {"status": "ok", "userId": "bob", "score": 150, "rank": 1}
+    first_version = alices_version()
+    bob = post(client, {"score": 150}, "bob").get_json()
+    assert bob == {"status": "ok", "userId": "bob", "score": 150, "rank": 1, "improved": True}
     second = post(client, {"score": 60}, "alice").get_json()
-    assert second == {"status": "ok", "userId": "alice", "score": 160, "rank": 1}
+    assert second == {"status": "ok", "userId": "alice", "score": 160, "rank": 1, "improved": True}
     with engine.connect() as conn:
-        rows = conn.execute(text("SELECT user_id, total, version FROM scores ORDER BY user_id")).all()
-    assert [tuple(r) for r in rows] == [("alice", 160, 2), ("bob", 150, 1)]
+        rows = conn.execute(text("SELECT user_id, total FROM scores ORDER BY user_id")).all()
+    assert [tuple(r) for r in rows] == [("alice", 160), ("bob", 150)]
+    assert alices_version() > first_version
     messages = channel.drain()
     assert [m["top"] for m in messages] == [
         [["alice", "100"]],
@@ -89,7 +102,7 @@ def test_total_may_reach_but_not_pass_2_to_the_53rd(
                 "INSERT INTO scores (board, user_id, total, reached_at, version) "
                 "SELECT :board, 'alice', :total, now(), 1"
             ),
-            {"board": client.application.extensions["leaderboard"].board.name, "total": MAX_SAFE - 5},
+            {"board": client.application.extensions["boards"].default_id, "total": MAX_SAFE - 5},
         )
     before = board_state()
     assert_error(post(client, {"score": 6}), 422, "total_limit_exceeded")
@@ -236,7 +249,7 @@ def test_a_valid_token_from_another_issuer_is_enough(client: FlaskClient) -> Non
     """No flask-jwt-extended extras (type, fresh, jti) are needed, only sub and exp."""
     token = make_token("carol", iat=None)
     response = client.post("/score", json={"score": 7}, headers={"Authorization": f"Bearer {token}"})
-    assert response.get_json() == {"status": "ok", "userId": "carol", "score": 7, "rank": 1}
+    assert response.get_json() == {"status": "ok", "userId": "carol", "score": 7, "rank": 1, "improved": True}
 
 
 def test_unknown_routes_and_methods_answer_in_the_envelope(client: FlaskClient) -> None:
@@ -254,7 +267,11 @@ def test_a_retry_with_the_same_key_replays_the_first_answer(client: FlaskClient,
     post(client, {"score": 500}, "bob")
     again = post(client, {"score": 10}, headers={"Idempotency-Key": "order-1"})
     assert again.status_code == 200
-    assert again.get_json() == first.get_json() == {"status": "ok", "userId": "alice", "score": 10, "rank": 1}
+    assert (
+        again.get_json()
+        == first.get_json()
+        == {"status": "ok", "userId": "alice", "score": 10, "rank": 1, "improved": True}
+    )
     assert again.headers["Idempotent-Replayed"] == "true"
     assert "Idempotent-Replayed" not in first.headers
     with engine.connect() as conn:
@@ -322,7 +339,7 @@ def test_concurrent_retries_with_one_key_count_once(client: FlaskClient, engine:
     assert {status for status, _ in answers} == {200}
     assert {body["score"] for _, body in answers} == {7}
     with engine.connect() as conn:
-        assert conn.execute(text("SELECT total, version FROM scores")).one() == (7, 1)
+        assert conn.execute(text("SELECT total FROM scores")).one() == (7,)
         assert conn.execute(text("SELECT count(*) FROM idempotency_keys")).scalar_one() == 1
 
 

@@ -64,12 +64,12 @@ def test_flask_db_upgrade_creates_the_schema(sqlite_env: dict[str, str]) -> None
 
 
 def test_scores_ranks_ties_and_retries_on_sqlite(sqlite_app: Flask, redis_conn: redis.Redis) -> None:
-    assert post(sqlite_app, "bob", 10) == {"status": "ok", "userId": "bob", "score": 10, "rank": 1}
+    assert post(sqlite_app, "bob", 10) == {"status": "ok", "userId": "bob", "score": 10, "rank": 1, "improved": True}
     assert post(sqlite_app, "amy", 10)["rank"] == 2  # bob reached 10 first
     assert post(sqlite_app, "amy", 5, key="k1")["score"] == 15
     assert post(sqlite_app, "amy", 5, key="k1")["score"] == 15  # replayed
     assert post(sqlite_app, "carl", 1)["rank"] == 3
-    keys = BoardKeys.for_board(sqlite_app.extensions["leaderboard"].board.name)
+    keys = BoardKeys.for_board(sqlite_app.extensions["boards"].default_id)
     members = [m.split(":", 1)[1] for m in redis_conn.zrange(keys.top, 0, -1)]
     assert members == ["amy", "bob", "carl"]
 
@@ -99,7 +99,7 @@ def test_both_services_run_on_sqlite_under_gunicorn(sqlite_env: dict[str, str]) 
         for user in ("amy", "bob", "amy"):
             response = requests.post(f"{increment.url}/score", json={"score": 2}, headers=auth(user), timeout=10)
             assert response.status_code == 200
-        assert response.json() == {"status": "ok", "userId": "amy", "score": 4, "rank": 1}
+        assert response.json() == {"status": "ok", "userId": "amy", "score": 4, "rank": 1, "improved": True}
         assert requests.get(f"{board.url}/readyz", timeout=10).status_code == 200
     finally:
         assert increment.stop() == 0

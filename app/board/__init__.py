@@ -6,35 +6,41 @@ from flask import Flask
 from flask_cors import CORS
 
 from app.board.hub import BoardHub
-from app.extensions import db
-from app.leaderboard import BoardCache, rebuild_board
+from app.extensions import db, init_hub_redis
+from app.leaderboard import Board, BoardCache, BoardRegistry
+from app.leaderboard.rebuild import rebuild_board
 from config.settings import Settings
 
 
-def init_board(app: Flask, settings: Settings, cache: BoardCache) -> None:
+def init_board(app: Flask, settings: Settings, registry: BoardRegistry, cache: BoardCache) -> None:
     """Give the app its BoardHub (started on first use) and the board settings."""
     from app.board.views import bp
 
-    def load_latest() -> str | None:
-        # Never built, or lost with a Redis restart: rebuild from SQL first.
-        raw = cache.latest_raw()
+    def load_latest(board: Board) -> str | None:
+        raw = cache.latest_raw(board)
         if raw is None:
+            # Never built, or lost with a Redis restart: rebuild from SQL first,
+            # if the board is still there (a deleted one must not come back).
+            registry.forget(board.id)
+            current = registry.find(board.id)
+            if current is None:
+                return None
             with app.app_context():
                 try:
-                    rebuild_board(db.session(), cache, reason="missing")
+                    rebuild_board(db.session(), cache, current, reason="missing")
                 finally:
                     db.session.remove()
-            raw = cache.latest_raw()
+            raw = cache.latest_raw(board)
         return raw
 
     app.extensions["board_hub"] = BoardHub(
-        cache.redis,
-        cache.board.channel,
+        init_hub_redis(app.extensions, settings.redis_url, settings.redis_timeout_seconds),
         load_latest,
         max_viewers=settings.sse_max_viewers,
         max_viewers_per_ip=settings.sse_max_viewers_per_ip,
         heartbeat_seconds=settings.sse_heartbeat_seconds,
         coalesce_seconds=settings.sse_coalesce_ms / 1000,
+        keep=registry.defaults.default_board(),
     )
     # EventSource cannot send headers, so with BOARD_REQUIRE_AUTH the token
     # may also come in a cookie.
@@ -43,7 +49,7 @@ def init_board(app: Flask, settings: Settings, cache: BoardCache) -> None:
         any_origin = settings.board_cors_origins == ("*",)
         CORS(
             app,
-            resources={r"/(events|leaderboard.*)": {}},
+            resources={r"/(events|leaderboard.*|boards.*)": {}},
             origins="*" if any_origin else list(settings.board_cors_origins),
             supports_credentials=not any_origin,
             expose_headers=["ETag"],

@@ -1,9 +1,14 @@
-"""BoardHub: one Redis Pub/Sub subscription per worker, fanned out to every viewer.
+"""BoardHub: one Redis Pub/Sub connection per worker, for every board, fanned out to every viewer.
 
-The hub keeps only the latest board, encoded once per version as an SSE
-frame (also framed as an HTTP chunk) and as a JSON snapshot. A viewer holds
-nothing but the version it last got, so its memory is constant whatever the
-update rate, and a slow viewer skips straight to the newest board.
+The hub keeps, per board that this worker serves (a `BoardFeed`), only the
+latest board, encoded once per version as an SSE frame (also framed as an
+HTTP chunk) and as a JSON snapshot. A viewer holds nothing but the version
+it last got, so its memory is constant whatever the update rate, and a slow
+viewer skips straight to the newest board. A board is subscribed to when
+its first viewer or snapshot comes, and dropped after IDLE_SECONDS with
+neither: a board nobody here watches costs the worker nothing, one watched
+costs it one frame. Each board coalesces and fans out on its own, so a burst
+on one board delays no viewer of another.
 
 Fan-out writes the frame straight to every viewer's socket, without blocking
 (`os.write` on the non-blocking socket gevent gave gunicorn): one system call
@@ -12,7 +17,7 @@ thousand viewers. Only a viewer whose socket is full is handed to its own
 greenlet, which finishes the write (blocking just itself, up to the write
 timeout) and then catches up with the newest board. Heartbeats go out the
 same way. Streams with no socket of their own to write to (not under
-gunicorn: tests, other servers) wait on a shared "changed" event instead.
+gunicorn: tests, other servers) wait on their board's "changed" event instead.
 
 Needs gevent (the listener is a greenlet); never imports Flask.
 """
@@ -23,6 +28,7 @@ import json
 import logging
 import os
 import random
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,16 +38,22 @@ import gevent
 import redis
 from gevent.event import Event
 
+from app.leaderboard import Board
 from app.metrics import FRAMES_SENT, HUB_RECONNECTS, PUBLISH_TO_SEND_SECONDS, STREAMS_ENDED, VIEWERS
 
 log = logging.getLogger(__name__)
 
-# How often the listener checks its connection when no message arrives, and
-# how long without any answer (message or pong) before it reconnects.
+# How long the listener may hear nothing (no message, no confirmation) before
+# it asks Redis with a PING, and how long without any answer before it
+# reconnects.
 PING_INTERVAL = 5.0
 DEAD_AFTER = 3 * PING_INTERVAL
 BACKOFF_INITIAL = 0.1
 BACKOFF_MAX = 2.0
+# A connection that lived this long was healthy: the next failure starts the backoff over.
+HEALTHY_AFTER = 10.0
+# A board with no viewer and no snapshot asked for this long is dropped (unsubscribed).
+IDLE_SECONDS = 60.0
 
 HEARTBEAT = b": ping\n\n"
 
@@ -70,43 +82,73 @@ class Frame:
 
     @classmethod
     def from_message(cls, raw: str | bytes) -> Frame:
-        """Build a frame from a message published on the channel (see APPLY_SCRIPT)."""
-        message = json.loads(raw)
+        """Build a frame from a message published on a board's channel (see APPLY_SCRIPT).
+
+        `ts` is carried over as the message wrote it (six decimals), not as a float would print it.
+        """
+        message = json.loads(raw, parse_float=str)
         version = int(message["version"])
+        ts = str(message["ts"])
         top = [[str(user), str(score)] for user, score in message["top"]]
-        data = json.dumps(
-            {"type": "update", "top": top, "version": version, "ts": message["ts"]}, separators=(",", ":")
+        names = {str(user): str(name) for user, name in (message.get("names") or {}).items()}
+        named = ',"names":' + json.dumps(names, separators=(",", ":")) if names else ""
+        data = (
+            '{"type":"update","top":'
+            + json.dumps(top, separators=(",", ":"))
+            + named
+            + f',"version":{version},"ts":{ts}}}'
         )
-        snapshot = json.dumps(
-            {
-                "version": version,
-                "top": [{"rank": i, "userId": user, "score": int(score)} for i, (user, score) in enumerate(top, 1)],
-            },
-            separators=(",", ":"),
-        )
+        entries = [{"rank": i, "userId": user, "score": int(score)} for i, (user, score) in enumerate(top, 1)]
+        snapshot = '{"version":' + str(version) + ',"top":' + json.dumps(entries, separators=(",", ":")) + named + "}\n"
         sse = f"id: {version}\ndata: {data}\n\n".encode()
         return cls(
             version=version,
             sse=sse,
             chunk=http_chunk(sse),
             snapshot=snapshot.encode(),
-            published_at=float(message["ts"]),
+            published_at=float(ts),
         )
 
 
+class BoardFeed:
+    """One board as this worker serves it: its latest frame and its viewers here."""
+
+    def __init__(self, board: Board) -> None:
+        self.board = board
+        self.channel = board.channel
+        self.latest: Frame | None = None
+        self.direct: set[DirectViewer] = set()
+        self.viewers = 0
+        self.used_at = time.monotonic()
+        self.ended = False  # the board was deleted: every stream of it ends
+        self.changed = Event()
+        self.last_fan_out = 0.0
+        self.fan_out_scheduled = False
+
+    def wait_for_change(self, timeout: float) -> bool:
+        """Block this viewer until the board changes, the stream must end, or `timeout`."""
+        return bool(self.changed.wait(timeout))
+
+    def wake(self) -> None:
+        # Swap before set: a viewer that wakes and waits again waits on the new event.
+        changed, self.changed = self.changed, Event()
+        changed.set()
+
+
 class DirectViewer:
-    """A stream the hub writes to directly: its socket, and how far it got."""
+    """A stream the hub writes to directly: its socket, its board, and how far it got."""
 
-    __slots__ = ("chunked", "fd", "greenlet", "last_write", "pending", "pending_version", "sent", "wake")
+    __slots__ = ("chunked", "fd", "feed", "greenlet", "last_write", "pending", "pending_version", "sent", "wake")
 
-    def __init__(self, fd: int, chunked: bool, sent: int) -> None:
+    def __init__(self, feed: BoardFeed, fd: int, chunked: bool, sent: int) -> None:
+        self.feed = feed
         self.fd = fd
         self.chunked = chunked  # HTTP/1.1: the body is chunked, so are our writes
         self.sent = sent  # the newest version written in full
         self.pending: bytes | None = None  # what a full socket did not take yet
         self.pending_version = 0
         self.last_write = time.monotonic()
-        self.wake = Event()  # set when the viewer's greenlet has work: a pending write, or the drain
+        self.wake = Event()  # set when the viewer's greenlet has work: a pending write, or the end
         self.greenlet = gevent.getcurrent()
 
     def bytes_of(self, frame: Frame) -> bytes:
@@ -114,92 +156,123 @@ class DirectViewer:
 
 
 class BoardHub:
-    """The worker's single subscription and the latest board it has seen."""
+    """The worker's single subscription, and the latest frame of every board it serves."""
 
     def __init__(
         self,
         client: redis.Redis,
-        channel: str,
-        load_latest: Callable[[], str | None],
+        load_latest: Callable[[Board], str | bytes | None],
         *,
         max_viewers: int,
         max_viewers_per_ip: int | None = None,
         heartbeat_seconds: float = 15.0,
         coalesce_seconds: float = 0.0,
+        keep: Board | None = None,
     ) -> None:
-        """`load_latest` returns the current board message (rebuilding it if needed)."""
+        """`client` is the hub's own (bytes, no health-check pings of its own); `load_latest`
+        returns a board's current message (rebuilding it if needed); `keep` is a board
+        served even when idle (the default board)."""
         self.heartbeat_seconds = heartbeat_seconds
         self.coalesce_seconds = coalesce_seconds
-        self._direct: set[DirectViewer] = set()
-        self._last_fan_out = 0.0
-        self._fan_out_scheduled = False
-        self._heartbeats: gevent.Greenlet[Any] | None = None
-        self._redis = client
-        self._channel = channel
-        self._load_latest = load_latest
         self.max_viewers = max_viewers
         self.max_viewers_per_ip = max_viewers_per_ip or max_viewers
-        self.latest: Frame | None = None
+        self._redis = client
+        self._load_latest = load_latest
+        self._feeds: dict[str, BoardFeed] = {}
+        self._by_channel: dict[str, BoardFeed] = {}
+        self._keep = keep.id if keep else None
+        self._lock = threading.Lock()  # the feeds, and commands on the subscription
+        self._pubsub: Any = None
         self.viewers = 0
         self._viewers_by_ip: dict[str, int] = {}
         self.draining = False
         self.connected = False
         self.stats = {"reconnects": 0, "frames": 0, "refused": 0, "streams": 0, "frames_sent": 0}
         self._frames_sent_reported = 0
-        self._changed = Event()
         self._listener: gevent.Greenlet[Any] | None = None
+        self._ticker: gevent.Greenlet[Any] | None = None
         self._stopping = False
+        if keep is not None:
+            self.feed(keep)
 
-    # -- the board ---------------------------------------------------------
+    # -- boards ------------------------------------------------------------
 
-    def offer(self, frame: Frame) -> bool:
-        """Take `frame` if it is newer than the latest; wake the viewers. Versions never go back."""
-        if self.latest is not None and frame.version <= self.latest.version:
+    def feed(self, board: Board) -> BoardFeed:
+        """This worker's feed of `board`, subscribed to from now on."""
+        feed = self._feeds.get(board.id)
+        if feed is None or feed.ended or feed.channel != board.channel:
+            with self._lock:
+                feed = BoardFeed(board)
+                self._feeds[board.id] = feed
+                self._by_channel[board.channel] = feed
+                self._command("subscribe", board.channel)
+        feed.board = board  # the freshest settings (title, size) the caller has
+        feed.used_at = time.monotonic()
+        return feed
+
+    @property
+    def boards(self) -> int:
+        return len(self._feeds)
+
+    def offer(self, feed: BoardFeed, frame: Frame) -> bool:
+        """Take `frame` if it is newer than the board's latest; wake its viewers. Versions never go back."""
+        if feed.ended or (feed.latest is not None and frame.version <= feed.latest.version):
             return False
-        self.latest = frame
+        feed.latest = frame
         self.stats["frames"] += 1
-        self._wake()
-        self._fan_out_soon()
+        feed.wake()
+        self._fan_out_soon(feed)
         return True
 
-    def current(self) -> Frame | None:
-        """The latest board, loading it once if the listener has not yet."""
-        if self.latest is None:
-            self.refresh()
-        return self.latest
+    def current(self, board: Board) -> Frame | None:
+        """The board's latest frame, loading it once if the listener has not yet."""
+        feed = self.feed(board)
+        if feed.latest is None:
+            self.refresh(feed)
+        return feed.latest
 
-    def refresh(self) -> None:
+    def refresh(self, feed: BoardFeed) -> None:
         """Re-read the board from Redis and take it if it is newer."""
-        raw = self._load_latest()
+        raw = self._load_latest(feed.board)
         if raw is not None:
-            self.offer(Frame.from_message(raw))
+            self.offer(feed, Frame.from_message(raw))
 
-    def wait_for_change(self, timeout: float) -> bool:
-        """Block this viewer until the board changes, the hub drains, or `timeout`."""
-        return bool(self._changed.wait(timeout))
+    def end_board(self, board_id: str) -> None:
+        """The board was deleted: end every stream of it here (with a retry hint) and forget it."""
+        with self._lock:
+            feed = self._feeds.pop(board_id, None)
+            if feed is None:
+                return
+            self._by_channel.pop(feed.channel, None)
+            self._command("unsubscribe", feed.channel)
+        feed.ended = True
+        self._end_streams(feed)
 
-    def _wake(self) -> None:
-        # Swap before set: a viewer that wakes and waits again waits on the new event.
-        changed, self._changed = self._changed, Event()
-        changed.set()
+    def _end_streams(self, feed: BoardFeed) -> None:
+        feed.wake()
+        for viewer in list(feed.direct):
+            viewer.wake.set()
 
     # -- viewers -----------------------------------------------------------
 
-    def join(self, ip: str = "") -> bool:
+    def join(self, feed: BoardFeed, ip: str = "") -> bool:
         """Count a viewer in; False when draining, at the per-worker cap or at the per-IP cap."""
         from_ip = self._viewers_by_ip.get(ip, 0)
-        if self.draining or self.viewers >= self.max_viewers or from_ip >= self.max_viewers_per_ip:
+        if self.draining or feed.ended or self.viewers >= self.max_viewers or from_ip >= self.max_viewers_per_ip:
             self.stats["refused"] += 1
             STREAMS_ENDED.labels("refused").inc()
             return False
         self.viewers += 1
+        feed.viewers += 1
         VIEWERS.inc()
         self._viewers_by_ip[ip] = from_ip + 1
         self.stats["streams"] += 1
         return True
 
-    def leave(self, ip: str = "") -> None:
+    def leave(self, feed: BoardFeed, ip: str = "") -> None:
         self.viewers -= 1
+        feed.viewers -= 1
+        feed.used_at = time.monotonic()
         VIEWERS.dec()
         remaining = self._viewers_by_ip.pop(ip, 1) - 1
         if remaining:
@@ -208,38 +281,41 @@ class BoardHub:
     def drain(self) -> None:
         """Shutting down: refuse new viewers and tell every open stream to end."""
         self.draining = True
-        self._wake()
-        for viewer in self._direct:
-            viewer.wake.set()
+        for feed in list(self._feeds.values()):
+            self._end_streams(feed)
+
+    def must_end(self, feed: BoardFeed) -> bool:
+        return self.draining or feed.ended
 
     # -- direct writes -----------------------------------------------------
 
     def attach(self, viewer: DirectViewer) -> None:
         """From now on the hub writes this viewer's frames and heartbeats."""
-        self._direct.add(viewer)
-        if self.latest is not None and self.latest.version > viewer.sent:
-            self._write(viewer, self.latest, time.monotonic())
+        feed = viewer.feed
+        feed.direct.add(viewer)
+        if feed.latest is not None and feed.latest.version > viewer.sent:
+            self._write(viewer, feed.latest, time.monotonic())
 
     def detach(self, viewer: DirectViewer) -> None:
-        self._direct.discard(viewer)
+        viewer.feed.direct.discard(viewer)
 
-    def _fan_out_soon(self) -> None:
-        """Fan out now, or once the coalescing interval since the last fan-out has passed."""
-        wait = self._last_fan_out + self.coalesce_seconds - time.monotonic()
+    def _fan_out_soon(self, feed: BoardFeed) -> None:
+        """Fan out now, or once the coalescing interval since the board's last fan-out has passed."""
+        wait = feed.last_fan_out + self.coalesce_seconds - time.monotonic()
         if wait <= 0:
-            self._fan_out()
-        elif not self._fan_out_scheduled:
-            self._fan_out_scheduled = True
-            gevent.spawn_later(wait, self._fan_out)
+            self._fan_out(feed)
+        elif not feed.fan_out_scheduled:
+            feed.fan_out_scheduled = True
+            gevent.spawn_later(wait, self._fan_out, feed)
 
-    def _fan_out(self) -> None:
-        """Write the latest board to every direct viewer that does not have it yet."""
-        self._fan_out_scheduled = False
-        frame = self.latest
-        if frame is None or not self._direct:
+    def _fan_out(self, feed: BoardFeed) -> None:
+        """Write the board's latest frame to every direct viewer of it that does not have it yet."""
+        feed.fan_out_scheduled = False
+        frame = feed.latest
+        if frame is None or not feed.direct:
             return
-        now = self._last_fan_out = time.monotonic()
-        for viewer in list(self._direct):
+        now = feed.last_fan_out = time.monotonic()
+        for viewer in list(feed.direct):
             if viewer.pending is None and viewer.sent < frame.version:
                 self._write(viewer, frame, now)
         PUBLISH_TO_SEND_SECONDS.observe(max(0.0, time.time() - frame.published_at))
@@ -252,7 +328,7 @@ class BoardHub:
         except BlockingIOError:
             written = 0
         except OSError:  # reset or closed: the viewer is gone
-            self._direct.discard(viewer)
+            viewer.feed.direct.discard(viewer)
             viewer.greenlet.kill(ClientGone, block=False)
             return
         viewer.last_write = now
@@ -264,39 +340,71 @@ class BoardHub:
             viewer.pending, viewer.pending_version = data[written:], version
             viewer.wake.set()
 
-    def _send_heartbeats(self) -> None:
-        """A `: ping` to each direct viewer that would otherwise go a heartbeat interval without a write.
+    @property
+    def tick_seconds(self) -> float:
+        return min(1.0, self.heartbeat_seconds / 3)
 
-        Checked every third of the interval, and sent to whoever has been
-        quiet for two thirds of it, so no gap exceeds the interval.
-        """
-        every = self.heartbeat_seconds / 3
+    def _tick_forever(self) -> None:
         while True:
-            gevent.sleep(every)
-            now = time.monotonic()
-            for viewer in list(self._direct):
-                if viewer.pending is None and now - viewer.last_write >= self.heartbeat_seconds - every:
+            gevent.sleep(self.tick_seconds)
+            self.tick(time.monotonic())
+
+    def tick(self, now: float) -> None:
+        """Heartbeats for quiet viewers, and idle boards dropped; the hub does this about every second.
+
+        A `: ping` goes to each direct viewer that has had no write for a
+        heartbeat interval less one tick, so no gap exceeds the interval and
+        none is much shorter.
+        """
+        quiet = self.heartbeat_seconds - self.tick_seconds
+        for feed in list(self._feeds.values()):
+            for viewer in list(feed.direct):
+                if viewer.pending is None and now - viewer.last_write >= quiet:
                     self._write(viewer, None, now)
+            if feed.viewers == 0 and feed.board.id != self._keep and now - feed.used_at > IDLE_SECONDS:
+                self._drop(feed)
+        self.report_frames_sent()
+
+    def _drop(self, feed: BoardFeed) -> None:
+        with self._lock:
+            if self._feeds.get(feed.board.id) is feed and feed.viewers == 0:
+                del self._feeds[feed.board.id]
+                self._by_channel.pop(feed.channel, None)
+                self._command("unsubscribe", feed.channel)
 
     # -- the subscription --------------------------------------------------
 
     def start(self) -> None:
-        """Start the listener and heartbeat greenlets (once per process)."""
+        """Start the listener and ticker greenlets (once per process)."""
         if self._listener is None or self._listener.dead:
             self._stopping = False
             self._listener = gevent.spawn(self._listen_forever)
-        if self._heartbeats is None or self._heartbeats.dead:
-            self._heartbeats = gevent.spawn(self._send_heartbeats)
+        if self._ticker is None or self._ticker.dead:
+            self._ticker = gevent.spawn(self._tick_forever)
 
     def stop(self) -> None:
         self._stopping = True
-        for greenlet in (self._listener, self._heartbeats):
+        for greenlet in (self._listener, self._ticker):
             if greenlet is not None:
                 greenlet.kill(block=True, timeout=5)
+
+    def _command(self, command: str, channel: str) -> None:
+        """(Un)subscribe on the live connection; without one, the listener subscribes when it connects.
+
+        Called with the lock held: only one greenlet sends on the connection
+        at a time, while the listener reads.
+        """
+        if self._pubsub is None:
+            return
+        try:
+            getattr(self._pubsub, command)(channel)
+        except (redis.RedisError, OSError) as exc:  # the listener will notice and reconnect
+            log.info("board hub could not %s %s: %s", command, channel, exc.__class__.__name__)
 
     def _listen_forever(self) -> None:
         delay = BACKOFF_INITIAL
         while not self._stopping:
+            started = time.monotonic()
             try:
                 self._listen_once()
             except (redis.RedisError, OSError) as exc:
@@ -304,40 +412,67 @@ class BoardHub:
                 HUB_RECONNECTS.inc()
                 log.warning("board hub lost Redis (%s); reconnecting in %.1fs", exc.__class__.__name__, delay)
             except Exception:
-                # Loading the board can fail in other ways (the database, when
-                # it must be rebuilt); the listener must outlive all of them.
+                # Loading a board can fail in other ways (the database, when it
+                # must be rebuilt); the listener must outlive all of them.
                 self.stats["reconnects"] += 1
                 HUB_RECONNECTS.inc()
                 log.exception("board hub failed; restarting in %.1fs", delay)
             finally:
                 self.connected = False
+            if time.monotonic() - started >= HEALTHY_AFTER:
+                delay = BACKOFF_INITIAL
             # Full jitter, so the workers of a fleet do not reconnect in step.
             gevent.sleep(random.uniform(0, delay))
             delay = min(delay * 2, BACKOFF_MAX)
 
     def _listen_once(self) -> None:
-        pubsub = self._redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+        pubsub = self._redis.pubsub()  # type: ignore[no-untyped-call]
         try:
-            pubsub.subscribe(self._channel)
-            # Subscribed first, then read: nothing published in between is missed.
-            self.refresh()
+            with self._lock:
+                channels = [feed.channel for feed in self._feeds.values()]
+                if channels:
+                    pubsub.subscribe(*channels)
+                self._pubsub = pubsub
             self.connected = True
             last_heard = last_ping = time.monotonic()
             while not self._stopping:
                 message = pubsub.get_message(timeout=1.0)
-                self.report_frames_sent()
                 now = time.monotonic()
                 if message is not None:
                     last_heard = now
-                    if message["type"] == "message":
-                        self._on_message(message["data"])
+                    self._on(message)
+                elif not pubsub.subscribed:  # nothing subscribed: nothing to hear
+                    last_heard = now
                 elif now - last_heard > DEAD_AFTER:
                     raise redis.ConnectionError("no answer from Redis on the subscription")
-                elif now - last_ping > PING_INTERVAL:
-                    pubsub.ping()
+                elif now - last_heard > PING_INTERVAL and now - last_ping > PING_INTERVAL:
+                    with self._lock:
+                        pubsub.ping()
                     last_ping = now
         finally:
+            with self._lock:
+                self._pubsub = None
             pubsub.close()
+
+    def _on(self, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        if kind not in ("message", "subscribe"):
+            return  # a pong or an unsubscribe: it only proves the connection alive
+        channel = message["channel"]
+        feed = self._by_channel.get(channel.decode() if isinstance(channel, bytes) else channel)
+        if feed is None:
+            return
+        if kind == "subscribe":
+            # Subscribed first, then read: nothing published in between is missed.
+            gevent.spawn(self._refresh_quietly, feed)
+        else:
+            self._on_message(feed, message["data"])
+
+    def _refresh_quietly(self, feed: BoardFeed) -> None:
+        try:
+            self.refresh(feed)
+        except Exception as exc:  # Redis or the database away: the next message, or resubscribe, will do
+            log.warning("board hub could not read board %s: %s", feed.board.id, exc.__class__.__name__)
 
     def report_frames_sent(self) -> None:
         """Hand the frames counted since the last call to the metric.
@@ -350,10 +485,14 @@ class BoardHub:
             FRAMES_SENT.inc(sent - self._frames_sent_reported)
             self._frames_sent_reported = sent
 
-    def _on_message(self, data: str | bytes) -> None:
+    def _on_message(self, feed: BoardFeed, data: str | bytes) -> None:
+        raw = data if isinstance(data, bytes) else data.encode()
         try:
-            frame = Frame.from_message(data)
+            if raw.startswith(b'{"type":"deleted"'):
+                self.end_board(feed.board.id)
+                return
+            frame = Frame.from_message(raw)
         except (ValueError, KeyError, TypeError):
-            log.warning("ignored a malformed board message on %s", self._channel)
+            log.warning("ignored a malformed board message on %s", feed.channel)
             return
-        self.offer(frame)
+        self.offer(feed, frame)

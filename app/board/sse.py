@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import gevent
 
-from app.board.hub import HEARTBEAT, BoardHub, ClientGone, DirectViewer
+from app.board.hub import HEARTBEAT, BoardFeed, BoardHub, ClientGone, DirectViewer
 from app.metrics import STREAMS_ENDED
 
 
@@ -79,66 +79,73 @@ def ended_when_client_leaves(client: socket.socket | None) -> Iterator[None]:
 
 def stream_board(
     hub: BoardHub,
+    feed: BoardFeed,
     options: StreamOptions,
     last_event_id: int | None,
     client: socket.socket | None = None,
     client_ip: str = "",
     chunked: bool = True,
 ) -> Iterator[bytes]:
-    """The frames one viewer receives, newest board first, until it goes away.
+    """The frames one viewer of one board receives, newest board first, until it goes away.
 
     Sends the current board at once (unless `last_event_id` is already the
     current version), then every newer board, at most one frame per
     `coalesce_seconds`, with a heartbeat comment whenever nothing else was
-    sent for `heartbeat_seconds`. Versions only go up.
+    sent for `heartbeat_seconds`. Versions only go up. Ends with a retry hint
+    when the worker drains or the board is deleted.
     """
-    if not hub.join(client_ip):
+    if not hub.join(feed, client_ip):
         yield come_back_later(options)
         return
     ended = "dropped"  # unless we learn otherwise: the server closed us after a failed write
     try:
         with ended_when_client_leaves(client):
             if client is None:
-                yield from _frames(hub, options, last_event_id)
+                yield from _frames(hub, feed, options, last_event_id)
             else:
-                yield from _written_by_the_hub(hub, options, last_event_id, client, chunked)
+                yield from _written_by_the_hub(hub, feed, options, last_event_id, client, chunked)
         ended = "draining"
     except ClientGone:
         ended = "client_gone"
         raise
     finally:
-        hub.leave(client_ip)
+        hub.leave(feed, client_ip)
         STREAMS_ENDED.labels(ended).inc()
 
 
 def _written_by_the_hub(
-    hub: BoardHub, options: StreamOptions, last_event_id: int | None, client: socket.socket, chunked: bool
+    hub: BoardHub,
+    feed: BoardFeed,
+    options: StreamOptions,
+    last_event_id: int | None,
+    client: socket.socket,
+    chunked: bool,
 ) -> Iterator[bytes]:
     """Under gunicorn: the first frame goes out through gunicorn (with the headers), the rest from the hub.
 
     This greenlet then only wakes when the hub hands it a write a full socket
     did not take, or to end the stream.
     """
-    current = hub.latest
+    current = feed.latest
     first, sent = retry_hint(options.retry_ms), 0
     if current is not None:
         sent = current.version
         if last_event_id != current.version:
             first += current.sse
     yield first  # gunicorn has written the headers and this when the generator resumes
-    viewer = DirectViewer(client.fileno(), chunked, sent)
+    viewer = DirectViewer(feed, client.fileno(), chunked, sent)
     hub.attach(viewer)
     try:
-        while not hub.draining:
+        while not hub.must_end(feed):
             viewer.wake.wait()
             viewer.wake.clear()
-            _finish_pending_writes(hub, viewer, client)
+            _finish_pending_writes(feed, viewer, client, hub)
     finally:
         hub.detach(viewer)
     yield come_back_later(options)
 
 
-def _finish_pending_writes(hub: BoardHub, viewer: DirectViewer, client: socket.socket) -> None:
+def _finish_pending_writes(feed: BoardFeed, viewer: DirectViewer, client: socket.socket, hub: BoardHub) -> None:
     """The slow path: write what a full socket did not take, then catch up with the newest board.
 
     Blocks only this greenlet, each write at most the socket's timeout
@@ -149,7 +156,7 @@ def _finish_pending_writes(hub: BoardHub, viewer: DirectViewer, client: socket.s
             client.sendall(viewer.pending)
             viewer.sent, viewer.pending = viewer.pending_version, None
             viewer.last_write = time.monotonic()
-            newest = hub.latest
+            newest = feed.latest
             if newest is not None and newest.version > viewer.sent:
                 viewer.pending, viewer.pending_version = viewer.bytes_of(newest), newest.version
             hub.stats["frames_sent"] += 1
@@ -157,19 +164,19 @@ def _finish_pending_writes(hub: BoardHub, viewer: DirectViewer, client: socket.s
         raise ViewerDropped from None
 
 
-def _frames(hub: BoardHub, options: StreamOptions, last_event_id: int | None) -> Iterator[bytes]:
+def _frames(hub: BoardHub, feed: BoardFeed, options: StreamOptions, last_event_id: int | None) -> Iterator[bytes]:
     """Not under gunicorn (no socket to write to): every newer board, yielded."""
-    current = hub.latest
+    current = feed.latest
     sent = last_event_id if current is not None and last_event_id == current.version else 0
     yield retry_hint(options.retry_ms)
     last_sent = 0.0
     next_heartbeat = time.monotonic() + options.heartbeat_seconds
-    while not hub.draining:
-        frame = hub.latest
+    while not hub.must_end(feed):
+        frame = feed.latest
         now = time.monotonic()
         if frame is not None and frame.version > sent:
             if now < last_sent + options.coalesce_seconds:
-                hub.wait_for_change(last_sent + options.coalesce_seconds - now)
+                feed.wait_for_change(last_sent + options.coalesce_seconds - now)
                 continue
             yield frame.sse
             hub.stats["frames_sent"] += 1
@@ -179,5 +186,5 @@ def _frames(hub: BoardHub, options: StreamOptions, last_event_id: int | None) ->
             yield HEARTBEAT
             next_heartbeat = time.monotonic() + options.heartbeat_seconds
         else:
-            hub.wait_for_change(next_heartbeat - now)
+            feed.wait_for_change(next_heartbeat - now)
     yield come_back_later(options)

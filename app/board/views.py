@@ -1,25 +1,30 @@
-"""The View Board Service: the live stream, the snapshot, a user's rank and the board page."""
+"""The View Board Service: every board's live stream, snapshot, rankings, user ranks and page.
+
+The default board's routes are Part 1's (`/events`, `/leaderboard`, ...);
+every board, the default one included, also has them under `/boards/<boardId>/`.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import gc
 import os
+from typing import Any
 
 import greenlet
 import redis
-from flask import Blueprint, Response, current_app, jsonify, render_template, request
+from flask import Blueprint, Response, current_app, jsonify, render_template, request, url_for
 from flask_jwt_extended import verify_jwt_in_request
 from gevent import monkey
 from sqlalchemy.exc import SQLAlchemyError
 
-from app import ranks
-from app.auth import is_valid_user_id
+from app.auth import is_valid_user_id, require_admin
 from app.board.hub import BoardHub, Frame
 from app.board.sse import StreamOptions, parse_last_event_id, stream_board
-from app.errors import NotFound, ServiceUnavailable
+from app.errors import InvalidQuery, ServiceUnavailable, UserNotFound
 from app.extensions import db
-from app.leaderboard import BoardCache
+from app.leaderboard import Board, BoardRegistry, ranks
+from app.leaderboard.ranks import PAGE_LIMIT_MAX, Entry, Ranking
 
 # The page's script and stylesheet are files served by us: no build step, no
 # CDN, and a Content-Security-Policy that allows no inline code.
@@ -33,6 +38,8 @@ SSE_HEADERS = {
 
 PAGE_TITLE_MAX_LENGTH = 120
 PAGE_THEMES = ("light", "dark")
+DEFAULT_LIMIT = 10
+MAX_OFFSET = 10**9
 
 
 def board_hub() -> BoardHub:
@@ -42,26 +49,37 @@ def board_hub() -> BoardHub:
     return hub
 
 
+def find_board(board_id: str | None) -> Board:
+    """The board a route names (none: the default board), or BoardNotFound (404)."""
+    registry: BoardRegistry = current_app.extensions["boards"]
+    return registry.named(board_id)
+
+
 @bp.before_request
 def require_token_when_configured() -> None:
-    # The page and its files are public: only the board's data needs the token.
-    public = (None, "board.page", "board.static")
+    # The page and its files are public: only the boards' data needs the token.
+    public = (None, "board.page", "board.static", "board.stats")
     if current_app.extensions["settings"].board_require_auth and request.endpoint not in public:
         verify_jwt_in_request()
 
 
 @bp.get("/")
-def page() -> Response:
-    """The embeddable live board: `?n=` rows (at most TOP_N), `?title=` heading, `?theme=light|dark`."""
+@bp.get("/boards/<board_id>/")
+def page(board_id: str | None = None) -> Response:
+    """The embeddable live board: `?n=` rows (at most its top N), `?title=` heading, `?theme=light|dark`."""
     settings = current_app.extensions["settings"]
+    board = find_board(board_id)
     rows = request.args.get("n", type=int)
-    title = request.args.get("title", "").strip()[:PAGE_TITLE_MAX_LENGTH] or "Leaderboard"
+    title = request.args.get("title", "").strip()[:PAGE_TITLE_MAX_LENGTH] or _page_title(board)
     theme = request.args.get("theme", "")
+    route: dict[str, Any] = {} if board_id is None else {"board_id": board.id}
     html = render_template(
         "board/page.html",
         title=title,  # autoescaped by Jinja: a title is only ever text
-        rows=min(rows, settings.top_n) if rows and rows > 0 else settings.top_n,
+        rows=min(rows, board.top_n) if rows and rows > 0 else board.top_n,
         theme=theme if theme in PAGE_THEMES else "auto",
+        events_url=url_for("board.events", **route),
+        snapshot_url=url_for("board.leaderboard", **route),
     )
     csp = (
         "default-src 'self'; base-uri 'none'; form-action 'none'; object-src 'none'; "
@@ -72,17 +90,32 @@ def page() -> Response:
     return Response(html, mimetype="text/html", headers=headers)
 
 
+def _page_title(board: Board) -> str:
+    # The default board's id is an operator's setting, not a heading; its title, once set, is.
+    return "Leaderboard" if board.is_default and board.title == board.id else board.title
+
+
+@bp.get("/boards")
+def boards() -> Response:
+    """Every board's settings."""
+    registry: BoardRegistry = current_app.extensions["boards"]
+    return jsonify({"boards": [{**board.as_json(), "period": None} for board in registry.all()]})
+
+
 @bp.get("/events")
-def events() -> Response:
-    """The live board as Server-Sent Events."""
+@bp.get("/boards/<board_id>/events")
+def events(board_id: str | None = None) -> Response:
+    """A board, live, as Server-Sent Events."""
+    board = find_board(board_id)
     if request.method == "HEAD":  # the headers only; no stream to keep open
         return Response(mimetype="text/event-stream", headers=SSE_HEADERS)
     settings = current_app.extensions["settings"]
     hub = board_hub()
+    feed = hub.feed(board)
     # A new viewer gets the board at once, even before the listener's first
     # read; with Redis down it streams anyway (heartbeats now, the board later).
     with contextlib.suppress(redis.RedisError, SQLAlchemyError):
-        hub.current()
+        hub.current(board)
     # Under gunicorn the hub writes frames to the viewer's socket itself (see
     # app.board.hub); other servers get the frames through the generator.
     socket = request.environ.get("gunicorn.socket")
@@ -99,7 +132,7 @@ def events() -> Response:
     )
     last_event_id = parse_last_event_id(request.headers.get("Last-Event-ID"))
     stream = stream_board(
-        hub, options, last_event_id, client=socket, client_ip=request.remote_addr or "", chunked=chunked
+        hub, feed, options, last_event_id, client=socket, client_ip=request.remote_addr or "", chunked=chunked
     )
     response = Response(stream, mimetype="text/event-stream", headers=SSE_HEADERS)
     response.direct_passthrough = True
@@ -107,20 +140,72 @@ def events() -> Response:
 
 
 @bp.get("/leaderboard")
-def leaderboard() -> Response:
-    """The current board: version and the top N with rank, user and score."""
-    frame = _current_frame()
+@bp.get("/boards/<board_id>/leaderboard")
+def leaderboard(board_id: str | None = None) -> Response:
+    """The current board (version and top N), or with `offset`, `around` or `users` a ranking from SQL."""
+    board = find_board(board_id)
+    asked = [name for name in ("offset", "around", "users") if name in request.args]
+    if len(asked) > 1:
+        raise InvalidQuery("Ask for one of offset, around or users at a time.")
+    if asked:
+        return _ranking(board, asked[0])
+    if "limit" in request.args:
+        raise InvalidQuery("limit goes with offset, around or users.")
+    frame = _current_frame(board)
     etag = f'"{frame.version}"'
     if request.headers.get("If-None-Match") == etag:
         return Response(status=304, headers={"ETag": etag})
     return Response(frame.snapshot, mimetype="application/json", headers={"ETag": etag, "Cache-Control": "no-cache"})
 
 
+def _int_arg(name: str, default: int, low: int, high: int) -> int:
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    if not raw.isascii() or not raw.isdigit() or not low <= int(raw) <= high:
+        raise InvalidQuery(f"{name} must be a whole number from {low} to {high}.")
+    return int(raw)
+
+
+def _ranking(board: Board, asked: str) -> Response:
+    limit = _int_arg("limit", DEFAULT_LIMIT, 1, PAGE_LIMIT_MAX)
+    if asked == "offset":
+        return _ranking_json(ranks.page(db.engine, board, _int_arg("offset", 0, 0, MAX_OFFSET), limit))
+    if asked == "around":
+        user_id = request.args["around"]
+        found = ranks.around(db.engine, board, user_id, limit) if is_valid_user_id(user_id) else None
+        if found is None:
+            raise UserNotFound(f"No score for user {user_id!r} on board {board.id!r}.")
+        return _ranking_json(found)
+    users = list(dict.fromkeys(user for user in request.args["users"].split(",") if user))
+    if not 1 <= len(users) <= PAGE_LIMIT_MAX:
+        raise InvalidQuery(f"users must list 1 to {PAGE_LIMIT_MAX} user ids, separated by commas.")
+    if "limit" in request.args:
+        raise InvalidQuery("limit does not go with users.")
+    entries = ranks.ranks_of(db.engine, board, [user for user in users if is_valid_user_id(user)])
+    return _ranking_json(Ranking(count=-1, entries=entries))
+
+
+def _ranking_json(ranking: Ranking) -> Response:
+    body: dict[str, object] = {"entries": [_entry_json(entry) for entry in ranking.entries]}
+    if ranking.count >= 0:
+        body = {"count": ranking.count, **body}
+    names = {entry.user_id: entry.name for entry in ranking.entries if entry.name}
+    if names:
+        body["names"] = names
+    return jsonify(body)
+
+
+def _entry_json(entry: Entry) -> dict[str, object]:
+    return {"rank": entry.rank, "userId": entry.user_id, "score": entry.score}
+
+
 @bp.get("/leaderboard/users/<path:user_id>")
-def user_rank(user_id: str) -> Response:
-    """A user's total and exact rank among everyone on the board (from SQL)."""
-    cache: BoardCache = current_app.extensions["leaderboard"]
-    found = ranks.user_rank(db.engine, cache.board.name, user_id) if is_valid_user_id(user_id) else None
+@bp.get("/boards/<board_id>/users/<path:user_id>")
+def user_rank(user_id: str, board_id: str | None = None) -> Response:
+    """A user's value and exact rank among everyone on the board (from SQL)."""
+    board = find_board(board_id)
+    found = ranks.user_rank(db.engine, board.id, user_id) if is_valid_user_id(user_id) else None
     if found is None:
         raise UserNotFound(f"No scores for user {user_id!r}.")
     total, rank = found
@@ -129,14 +214,21 @@ def user_rank(user_id: str) -> Response:
 
 @bp.get("/stats")
 def stats() -> Response:
-    """This worker's numbers: viewers, frames, reconnects (`?greenlets=1` counts greenlets too)."""
+    """This worker's numbers, for operators (admin token): viewers, boards, frames, reconnects.
+
+    `?greenlets=1` counts live greenlets too: it walks the heap and holds
+    the worker for a moment, which is why only an admin may ask.
+    """
+    require_admin()
     hub: BoardHub = current_app.extensions["board_hub"]
+    default = hub.feed(find_board(None)).latest
     body: dict[str, object] = {
         "pid": os.getpid(),
         "viewers": hub.viewers,
+        "boards": hub.boards,
         "connected": hub.connected,
         "draining": hub.draining,
-        "version": hub.latest.version if hub.latest else None,
+        "version": default.version if default else None,
         **hub.stats,
     }
     if request.args.get("greenlets") == "1":
@@ -150,12 +242,8 @@ def count_greenlets() -> int:
     return sum(1 for obj in gc.get_objects() if isinstance(obj, greenlet.greenlet) and not obj.dead)
 
 
-class UserNotFound(NotFound):
-    code = "user_not_found"
-
-
-def _current_frame() -> Frame:
-    frame = board_hub().current()
+def _current_frame(board: Board) -> Frame:
+    frame = board_hub().current(board)
     if frame is None:
         raise ServiceUnavailable("The board is not available yet; try again shortly.", headers={"Retry-After": "1"})
     return frame

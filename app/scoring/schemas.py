@@ -95,8 +95,8 @@ def check_content_type(mimetype: str, charset: str | None) -> None:
         raise UnsupportedMediaType("JSON bodies must be UTF-8.")
 
 
-def parse_score(document: Any, max_increment: int) -> int:
-    """The increment in a `{"score": n}` document, or an InvalidBody/InvalidScore."""
+def parse_score(document: Any, low: int, high: int) -> int:
+    """The score in a `{"score": n}` document, within [low, high], or an InvalidBody/InvalidScore."""
     if not isinstance(document, dict):
         raise InvalidBody('The body must be a JSON object like {"score": 10}.')
     unknown = sorted(set(document) - ALLOWED_FIELDS)
@@ -104,13 +104,28 @@ def parse_score(document: Any, max_increment: int) -> int:
         raise InvalidBody(f"Unknown field(s): {', '.join(unknown)}. Only 'score' is accepted.")
     if "score" not in document:
         raise InvalidBody('The body needs a "score" field, like {"score": 10}.')
-    score = document["score"]
-    in_range = f"between 1 and {max_increment}"
-    if isinstance(score, _Oversized) or (type(score) is int and not 1 <= score <= max_increment):
-        raise InvalidScore(f"score must be an integer {in_range}.")
+    return checked_score(document["score"], low, high)
+
+
+def checked_score(score: Any, low: int, high: int, where: str = "score") -> int:
+    """A JSON integer within [low, high], or InvalidScore naming `where`."""
+    in_range = f"between {low} and {high}"
+    if isinstance(score, _Oversized) or (type(score) is int and not low <= score <= high):
+        raise InvalidScore(f"{where} must be an integer {in_range}.")
     if type(score) is not int:  # bool is an int subclass; true is not a score
-        raise InvalidScore(f"score must be a JSON integer {in_range} (no quotes, fraction or exponent).")
+        raise InvalidScore(f"{where} must be a JSON integer {in_range} (no quotes, fraction or exponent).")
     return score
+
+
+def parse_scores(document: Any, most: int) -> dict[str, Any]:
+    """The `{"scores": {"<boardId>": <score>, ...}}` of POST /scores: 1 to `most` boards, scores unchecked."""
+    example = '{"scores": {"weekly": 10, "level-1": 250}}'
+    if not isinstance(document, dict) or set(document) != {"scores"}:
+        raise InvalidBody(f"The body must be a JSON object like {example}.")
+    scores = document["scores"]
+    if not isinstance(scores, dict) or not 1 <= len(scores) <= most:
+        raise InvalidBody(f'"scores" must map 1 to {most} board ids to scores, like {example}.')
+    return scores
 
 
 def parse_idempotency_key(headers: Headers) -> str | None:

@@ -122,6 +122,7 @@ function showBoard(board) {
     before.set(user, { top: row.getBoundingClientRect().top, rank: row.dataset.rank, score: row.dataset.score });
   }
 
+  const names = board.names ?? {};
   const announcements = [];
   const shown = new Set();
   entries.forEach(([user, score], index) => {
@@ -129,14 +130,14 @@ function showBoard(board) {
     const row = rowsByUser.get(user) ?? makeRow(user);
     rowsByUser.set(user, row);
     shown.add(user);
-    fillRow(row, rank, score);
+    fillRow(row, rank, score, names[user] ?? user);
     tbody.append(row); // appended in rank order: the rows end up sorted
     const old = before.get(user);
     if (isFirst) return;
     const marks = [];
     if (old?.score !== score) {
       marks.push("changed");
-      announcements.push(`${user} ${formatScore(score)}, rank ${rank}`);
+      announcements.push(`${names[user] ?? user} ${formatScore(score)}, rank ${rank}`);
     }
     if (old && old.rank !== rank) marks.push(Number(rank) < Number(old.rank) ? "moved-up" : "moved-down");
     if (marks.length) highlight(row, marks);
@@ -163,17 +164,17 @@ function makeRow(user) {
   const name = document.createElement("th"); // the user names the row
   name.scope = "row";
   name.className = "user";
-  name.textContent = user;
-  name.title = user; // the whole name, when the column cuts it short
+  name.title = user; // the user's id, on hover: a display name is anyone's to choose
   row.append(name);
   row.insertCell().className = "score";
   return row;
 }
 
-function fillRow(row, rank, score) {
+function fillRow(row, rank, score, shownAs) {
   row.dataset.rank = rank;
   row.dataset.score = score;
   row.cells[0].textContent = rank;
+  row.cells[1].textContent = shownAs; // text, never markup
   row.cells[2].textContent = formatScore(score);
 }
 

@@ -1,4 +1,4 @@
-"""Exact ranks on boards of any size: a rank index kept in SQL beside `scores`.
+"""Exact ranks on boards of any size: a rank index kept in SQL beside `scores`, and the queries on it.
 
 Counting the rows ahead of a user costs as much as their rank (100 ms for the
 last of a million users). Instead, the database keeps:
@@ -13,8 +13,10 @@ A user's rank is then one statement over one snapshot: the users before the
 start of their bucket (`users_before`, plus the deltas before that start),
 plus the live rows between that start and their key, plus one. It reads at
 most a bucket of index entries and the delta backlog, whatever the board's
-size. `compact_rank_index` folds the deltas in and recuts the buckets;
-app.keeper.BoardKeeper runs it in the background.
+size. Pages, windows around a user and friends lists (`page`, `around`,
+`ranks_of`) find their bucket the same way. `compact_rank_index` folds the
+deltas in and recuts the buckets; app.keeper.BoardKeeper runs it in the
+background.
 
 Never imports Flask.
 """
@@ -32,6 +34,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from app.leaderboard.boards import Board
 from app.models import RankBucket, RankDelta, Score
 from app.sql import fetch_one
 
@@ -208,3 +211,137 @@ def _vacuum_deltas(engine: Engine) -> None:
             connection.execute(text("VACUUM (ANALYZE) rank_deltas"))
     except SQLAlchemyError as exc:  # not the table's owner, for one: autovacuum will do
         log.warning("could not vacuum rank_deltas: %s", exc.__class__.__name__)
+
+
+# -- Ranking queries: pages, around a user, friends ---------------------------
+
+# Every bucket of the board with the users before its start *now*: its count
+# at the last compaction plus the deltas below its start since, in one pass
+# over the buckets and the deltas in key order (a bucket sorts before a delta
+# of the same key, which does not count for it).
+_BUCKETS_NOW = """
+    marks AS (
+        SELECT start_key AS key, users_before, 0 AS delta, 1 AS is_bucket FROM rank_buckets WHERE board = :board
+        UNION ALL
+        SELECT rank_key, 0, delta, 0 FROM rank_deltas WHERE board = :board
+    ), buckets AS (
+        SELECT key, before FROM (
+            SELECT key, is_bucket,
+                   users_before + sum(delta) OVER (ORDER BY key, is_bucket DESC ROWS UNBOUNDED PRECEDING) AS before
+            FROM marks
+        ) AS running
+        WHERE is_bucket = 1
+    )
+"""
+
+# How many users the board has: the last bucket's count plus the rows from its start.
+_COUNT = """
+    coalesce((SELECT before FROM buckets ORDER BY key DESC LIMIT 1), 0)
+    + (SELECT count(*) FROM scores WHERE board = :board
+       AND rank_key >= coalesce((SELECT key FROM buckets ORDER BY key DESC LIMIT 1), ''))
+"""
+
+# Entries from rank :offset + 1 on: start at the last bucket with at most
+# :offset users before it, skip the rest (less than a bucket) in the index.
+PAGE = (
+    "WITH"
+    + _BUCKETS_NOW
+    + """, start AS (SELECT key, before FROM buckets WHERE before <= :offset ORDER BY key DESC LIMIT 1),
+    page AS (
+        SELECT user_id, total, rank_key FROM scores
+        WHERE board = :board AND rank_key >= coalesce((SELECT key FROM start), '')
+        ORDER BY rank_key
+        LIMIT :limit OFFSET :offset - coalesce((SELECT before FROM start), 0)
+    )
+    SELECT page.user_id, page.total, user_names.name, ("""
+    + _COUNT
+    + """) AS users
+    FROM (SELECT 1) AS one LEFT JOIN page ON true LEFT JOIN user_names ON user_names.user_id = page.user_id
+    ORDER BY page.rank_key
+"""
+)
+
+# Each listed user's value and exact rank, in rank order; users without a score are left out.
+RANKS_OF = (
+    "WITH"
+    + _BUCKETS_NOW
+    + """, listed AS (
+        SELECT user_id, total, rank_key FROM scores WHERE board = :board AND user_id IN :user_ids
+    ), placed AS (
+        SELECT listed.*, (SELECT key FROM buckets WHERE key <= listed.rank_key ORDER BY key DESC LIMIT 1) AS start
+        FROM listed
+    )
+    SELECT placed.user_id, placed.total, user_names.name,
+           coalesce((SELECT before FROM buckets WHERE key = placed.start), 0)
+           + (SELECT count(*) FROM scores WHERE board = :board
+              AND rank_key >= coalesce(placed.start, '') AND rank_key < placed.rank_key)
+           + 1 AS rank
+    FROM placed LEFT JOIN user_names ON user_names.user_id = placed.user_id
+    ORDER BY placed.rank_key
+"""
+)
+
+PAGE_LIMIT_MAX = 100
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One row of a ranking: the exact rank, the user, their value and display name."""
+
+    rank: int
+    user_id: str
+    score: int
+    name: str | None = None
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """Entries of a board, and how many users it has."""
+
+    count: int
+    entries: list[Entry]
+
+
+def _read_only(engine: Engine) -> Connection:
+    """A connection whose statements all read one snapshot (PostgreSQL: REPEATABLE READ)."""
+    options = {"isolation_level": "REPEATABLE READ"} if engine.dialect.name == "postgresql" else {}
+    return engine.connect().execution_options(**options)
+
+
+def _page(connection: Connection, board: Board, offset: int, limit: int) -> Ranking:
+    rows = connection.execute(text(PAGE), {"board": board.id, "offset": offset, "limit": limit}).all()
+    count = int(rows[0].users)
+    entries = [
+        Entry(rank=offset + i, user_id=row.user_id, score=int(row.total), name=row.name)
+        for i, row in enumerate((row for row in rows if row.user_id is not None), start=1)
+    ]
+    return Ranking(count=count, entries=entries)
+
+
+def page(engine: Engine, board: Board, offset: int, limit: int) -> Ranking:
+    """`limit` entries from rank `offset` + 1 (none past the end), exact, with the board's user count."""
+    with _read_only(engine) as connection, connection.begin():
+        return _page(connection, board, offset, limit)
+
+
+def around(engine: Engine, board: Board, user_id: str, limit: int) -> Ranking | None:
+    """`limit` entries with the user in the middle, shifted at the top and the bottom to stay `limit`
+    long (shorter only when the board is); None when the user has no score."""
+    with _read_only(engine) as connection, connection.begin():
+        found = connection.execute(text(USER_RANK), {"board": board.id, "user_id": user_id}).first()
+        if found is None:
+            return None
+        rank = int(found[1])
+        count = int(
+            connection.execute(text("WITH" + _BUCKETS_NOW + "SELECT" + _COUNT), {"board": board.id}).scalar_one()
+        )
+        offset = max(0, min(rank - 1 - (limit - 1) // 2, count - limit))
+        return _page(connection, board, offset, limit)
+
+
+def ranks_of(engine: Engine, board: Board, user_ids: list[str]) -> list[Entry]:
+    """Those users' entries with exact ranks, in rank order; users without a score are left out."""
+    statement = text(RANKS_OF).bindparams(bindparam("user_ids", expanding=True))
+    with _read_only(engine) as connection, connection.begin():
+        rows = connection.execute(statement, {"board": board.id, "user_ids": user_ids}).all()
+    return [Entry(rank=int(row.rank), user_id=row.user_id, score=int(row.total), name=row.name) for row in rows]

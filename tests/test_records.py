@@ -1,4 +1,4 @@
-"""The write path's SQL (app.submissions) as PostgreSQL plans it."""
+"""The write path's SQL (app.leaderboard.records) as PostgreSQL plans it."""
 
 from __future__ import annotations
 
@@ -7,31 +7,27 @@ from collections.abc import Callable, Iterator
 import pytest
 from sqlalchemy import Engine, create_engine, text
 
-from app.submissions import Statements
+from app.leaderboard import Board, BoardRegistry, records
+from app.leaderboard.rules import OPERATORS
+from app.sql import adapt
 from config.settings import Settings
-
-BOARD = "plan-check"
 
 
 @pytest.fixture
-def busy_board(engine: Engine) -> Iterator[str]:
+def busy_board(engine: Engine, registry: BoardRegistry, board_name: str) -> Iterator[Board]:
     """3,000 users, each updated twice: as many dead index entries as live ones, never analyzed."""
+    board, _ = registry.put(f"{board_name}-plan", {})
     with engine.begin() as conn:
         conn.execute(
             text(
                 "INSERT INTO scores (board, user_id, total, reached_at, version)"
                 " SELECT :board, 'user' || i, i, now(), 1 FROM generate_series(1, 3000) AS i"
             ),
-            {"board": BOARD},
+            {"board": board.id},
         )
         for _ in range(2):
-            conn.execute(text("UPDATE scores SET total = total + 1 WHERE board = :board"), {"board": BOARD})
-    try:
-        yield BOARD
-    finally:
-        with engine.begin() as conn:
-            conn.execute(text("DELETE FROM scores WHERE board = :board"), {"board": BOARD})
-            conn.execute(text("DELETE FROM rank_deltas WHERE board = :board"), {"board": BOARD})
+            conn.execute(text("UPDATE scores SET total = total + 1 WHERE board = :board"), {"board": board.id})
+    return board
 
 
 @pytest.fixture
@@ -54,26 +50,26 @@ def plan(engine: Engine, sql: str, params: dict[str, object]) -> str:
         connection.close()
 
 
+@pytest.mark.parametrize("operator", OPERATORS)
 def test_the_rank_count_walks_the_rank_index_and_stops_at_n(
-    engine: Engine, service_engine: Engine, busy_board: str
+    engine: Engine, service_engine: Engine, busy_board: Board, operator: str
 ) -> None:
     """A bitmap scan would read every entry ahead of the user, dead ones too, before the LIMIT."""
-    statements = Statements.for_engine(service_engine)
-    params = {
-        "board": busy_board,
-        "user_id": "user1",
-        "increment": 1,
+    params: dict[str, object] = {
+        "board": busy_board.id,
+        "boards": [busy_board.id] * 2,
+        "uids": [busy_board.uid] * 2,
         "user_ids": ["user1", "user2"],
-        "increments": [1, 1],
-        "max_total": 2**53 - 1,
+        "submitted_values": [1, 1],
+        "top_ns": [10, 10],
         "top_n": 10,
     }
     with engine.connect() as conn:
         params["rank_key"] = conn.execute(
-            text("SELECT max(rank_key) FROM scores WHERE board = :board"), {"board": busy_board}
+            text("SELECT max(rank_key) FROM scores WHERE board = :board"), {"board": busy_board.id}
         ).scalar_one()
-    assert statements.upsert_many_and_ahead is not None
-    for sql in (statements.upsert_many_and_ahead, statements.ahead):
+    many = records._statement(service_engine, records._UPSERT_MANY_AND_AHEAD, operator, False)
+    for sql in (many, adapt(service_engine, records._AHEAD)):
         shown = plan(service_engine, sql, params)
         assert "ix_scores_rank" in shown, shown
         assert "Bitmap" not in shown, shown

@@ -1,0 +1,427 @@
+"""The Redis side of every board: a derived cache of its top N, kept by one Lua script.
+
+The comparison with the last entry, the write, the trim, the version bump
+and the publish happen in `APPLY_SCRIPT` as one atomic step. Nothing here is
+the truth: SQL is, and app.leaderboard.rebuild makes Redis equal to it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+import redis
+from redis.exceptions import NoScriptError
+
+from app.leaderboard.boards import Board
+from app.leaderboard.rules import may_worsen, redis_direction
+from app.leaderboard.standings import Standing
+from app.metrics import REDIS_SCRIPT_SECONDS
+
+# How long Redis remembers the version of a user who left a board (removed,
+# or pushed off by their own worse `set`): far longer than a submission can
+# take from its commit to its script, so a late, older write of that user is
+# refused rather than put back.
+GONE_TTL_SECONDS = 60
+
+# APPLY_SCRIPT: merge standings into a board's top-N sorted set, atomically.
+#
+# KEYS[1] top      sorted set; score = direction x value, member = "<reached µs, 17 digits>:<userId>",
+#                  so Redis's own order (score ascending, then member bytes) is
+#                  exactly the board's, and ZRANGE 0 N-1 is the board.
+# KEYS[2] members  hash userId -> "<row version>|<member>", for the users on the board
+# KEYS[3] version  board version; absent means "never built": rebuild from SQL
+# KEYS[4] latest   the last published message, so a new viewer needs one GET
+# KEYS[5] names    hash userId -> display name, for the users on the board
+# KEYS[6] gone     hash userId -> the least row version still welcome, for users who left
+#                  lately (expires GONE_TTL_SECONDS after the last change)
+# KEYS[7] origin   the uid of the SQL board this cache was built from
+# ARGV[1] N        board size
+# ARGV[2] channel  Pub/Sub channel for the update messages
+# ARGV[3] mode     "write": each standing is a submission, applied and published
+#                  on its own, in the order given; refused ("uninitialized") when
+#                  the board was never built or was built from another origin;
+#                  "short" when a user on the board fell to its last place (the
+#                  caller then fills it: only SQL knows who is below).
+#                  "merge": any number of standings, one message; "fill": a merge
+#                  of SQL's top N after "short", always published; "replace":
+#                  empty the set first, then as merge
+# ARGV[4] direction  1: lower is better; -1: higher is better
+# ARGV[5] origin   the board's uid ("" when not known: not checked)
+# ARGV[6] board    the board id the message names ("" for the default board: the seed's message)
+# ARGV[7] user     merge and replace: userId the message names as updatedUser ("" for none)
+# ARGV[8] value    merge and replace: that user's new value, the message's newScore ("" for none)
+# ARGV[9] remember "1" when a user's newer value may be worse (set): who leaves is noted in `gone`
+# ARGV[10] G       removals that follow: G pairs of userId, least version still welcome
+# ARGV[11 + 2G..]  standings, five each: userId, value, member, row version, name ("" for none)
+#
+# A standing of a user already on the board is admitted when its row version
+# is newer; of another user, when the board has fewer than N entries or it
+# ranks ahead of the last entry. So a late, stale write is a no-op, whatever
+# the operator. On a change: trim to N, set version = max(version + 1, now in
+# µs) (monotonic even across a flushed Redis), store and PUBLISH the message.
+#
+# Returns {status, last version or false}; status is written, unchanged, short or uninitialized.
+APPLY_SCRIPT = (
+    """
+local top, members, version_key, latest_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local names, gone, origin_key = KEYS[5], KEYS[6], KEYS[7]
+local n, channel, mode = tonumber(ARGV[1]), ARGV[2], ARGV[3]
+local direction, origin, label = tonumber(ARGV[4]), ARGV[5], ARGV[6]
+local remember_gone = ARGV[9] == '1'
+local first = 11 + 2 * tonumber(ARGV[10])
+local GONE_TTL = """
+    + str(GONE_TTL_SECONDS)
+    + """
+
+local function user_of(member)
+  return string.sub(member, string.find(member, ':', 1, true) + 1)
+end
+
+local function split_entry(entry)
+  local bar = string.find(entry, '|', 1, true)
+  return string.sub(entry, 1, bar - 1), string.sub(entry, bar + 1)
+end
+
+local function note_gone(user, version)
+  local floor = redis.call('HGET', gone, user)
+  if not floor or tonumber(version) > tonumber(floor) then
+    redis.call('HSET', gone, user, version)
+  end
+  redis.call('EXPIRE', gone, GONE_TTL)
+end
+
+local function take_off(user)
+  local entry = redis.call('HGET', members, user)
+  if not entry then
+    return false
+  end
+  local _, member = split_entry(entry)
+  redis.call('ZREM', top, member)
+  redis.call('HDEL', members, user)
+  redis.call('HDEL', names, user)
+  return true
+end
+
+-- Returns whether the standing was admitted, and whether the board may now
+-- miss someone: a user already on a full board fell to its last place, and
+-- a user below the board (whom Redis does not hold) may rank ahead of them.
+local function admit(user, value, member, version, name)
+  local floor = redis.call('HGET', gone, user)
+  if floor and tonumber(version) < tonumber(floor) then
+    return false, false
+  end
+  local score = direction * tonumber(value)
+  local entry = redis.call('HGET', members, user)
+  local old_version, old_member = nil, nil
+  if entry then
+    old_version, old_member = split_entry(entry)
+  end
+  local admitted
+  if old_version then
+    admitted = tonumber(version) > tonumber(old_version)
+  elseif redis.call('ZCARD', top) < n then
+    admitted = true
+  else
+    local last = redis.call('ZRANGE', top, -1, -1, 'WITHSCORES')
+    local last_score = tonumber(last[2])
+    admitted = score < last_score or (score == last_score and member < last[1])
+  end
+  local short = false
+  if admitted then
+    local old_score = old_member and tonumber(redis.call('ZSCORE', top, old_member))
+    if old_member then
+      redis.call('ZREM', top, old_member)
+    end
+    redis.call('ZADD', top, score, member)
+    redis.call('HSET', members, user, version .. '|' .. member)
+    if name ~= '' then
+      redis.call('HSET', names, user, name)
+    end
+    short = old_score ~= nil and score > old_score and redis.call('ZCARD', top) >= n
+      and redis.call('ZREVRANK', top, member) == 0
+  elseif remember_gone and not old_version then
+    note_gone(user, version)
+  end
+  return admitted, short
+end
+
+local function trim()
+  local overflow = redis.call('ZRANGE', top, n, -1)
+  if #overflow == 0 then
+    return
+  end
+  for _, member in ipairs(overflow) do
+    local user = user_of(member)
+    if remember_gone then
+      local entry = redis.call('HGET', members, user)
+      if entry then
+        note_gone(user, (split_entry(entry)))
+      end
+    end
+    redis.call('HDEL', members, user)
+    redis.call('HDEL', names, user)
+  end
+  redis.call('ZREMRANGEBYRANK', top, n, -1)
+end
+
+local function publish(updated, updated_value)
+  local now = redis.call('TIME')
+  local now_us = tonumber(now[1]) * 1000000 + tonumber(now[2])
+  local version = math.max((tonumber(redis.call('GET', version_key)) or 0) + 1, now_us)
+  local version_text = string.format('%d', version)
+  redis.call('SET', version_key, version_text)
+
+  local rows = redis.call('ZRANGE', top, 0, -1, 'WITHSCORES')
+  local entries, users = {}, {}
+  for i = 1, #rows, 2 do
+    local user = user_of(rows[i])
+    local value = string.format('%d', direction * tonumber(rows[i + 1]))
+    users[#users + 1] = user
+    entries[#entries + 1] = '[' .. cjson.encode(user) .. ',"' .. value .. '"]'
+  end
+  local named = {}
+  if #users > 0 then
+    local found = redis.call('HMGET', names, unpack(users))
+    for i = 1, #users do
+      if found[i] then
+        named[#named + 1] = cjson.encode(users[i]) .. ':' .. cjson.encode(found[i])
+      end
+    end
+  end
+  local updated_json, new_score = 'null', 'null'
+  if updated ~= '' then
+    updated_json, new_score = cjson.encode(updated), updated_value
+  end
+  local message = '{"type":"update"'
+  if label ~= '' then
+    message = message .. ',"board":' .. cjson.encode(label)
+  end
+  message = message .. ',"updatedUser":' .. updated_json
+    .. ',"newScore":' .. new_score
+    .. ',"top":[' .. table.concat(entries, ',') .. ']'
+  if #named > 0 then
+    message = message .. ',"names":{' .. table.concat(named, ',') .. '}'
+  end
+  message = message .. ',"version":' .. version_text
+    .. ',"ts":' .. now[1] .. '.' .. string.format('%06d', tonumber(now[2])) .. '}'
+  redis.call('SET', latest_key, message)
+  redis.call('PUBLISH', channel, message)
+  return version_text
+end
+
+if mode == 'write' then
+  if redis.call('EXISTS', version_key) == 0 or (origin ~= '' and redis.call('GET', origin_key) ~= origin) then
+    return {'uninitialized', false}
+  end
+  local version, short = false, false
+  for i = first, #ARGV, 5 do
+    local admitted, fell = admit(ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4])
+    short = short or fell
+    if admitted then
+      trim()
+      -- Once the board may miss someone, nothing is published until the
+      -- caller fills it from SQL ("fill" mode): no viewer sees a wrong board.
+      if not short then
+        version = publish(ARGV[i], ARGV[i + 1])
+      end
+    end
+  end
+  if short then
+    return {'short', version}
+  end
+  if version then
+    return {'written', version}
+  end
+  return {'unchanged', redis.call('GET', version_key) or false}
+end
+
+local changed = mode == 'fill'
+for i = 11, first - 1, 2 do
+  note_gone(ARGV[i], ARGV[i + 1])
+  changed = take_off(ARGV[i]) or changed
+end
+if mode == 'replace' then
+  redis.call('DEL', top, members, names)
+  if origin ~= '' then
+    redis.call('SET', origin_key, origin)
+  end
+end
+-- The standings are SQL's top N: a second pass admits whoever the first let
+-- fall behind a user who moved down.
+local passes = 1
+local pass = 0
+while pass < passes do
+  pass = pass + 1
+  for i = first, #ARGV, 5 do
+    local admitted, fell = admit(ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4])
+    changed = admitted or changed
+    if fell then
+      passes = 2
+    end
+  end
+  trim()
+end
+if not changed and mode ~= 'replace' then
+  return {'unchanged', redis.call('GET', version_key) or false}
+end
+return {'written', publish(ARGV[7], ARGV[8])}
+"""
+)
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    """What APPLY_SCRIPT did (`written`, `unchanged`, `short` or `uninitialized`) and the board version."""
+
+    status: str
+    version: int | None
+
+
+@dataclass(frozen=True)
+class Removal:
+    """A user to take off the board, and the least row version of theirs still welcome afterwards."""
+
+    user_id: str
+    welcome_from: int
+
+
+class BoardCache:
+    """The Redis side of every board: their keys, the one script and their channels."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.redis = client
+        self._apply = client.register_script(APPLY_SCRIPT)
+        # Boards whose update failed here after a commit: the keeper checks them against SQL.
+        self.stale_boards: set[str] = set()
+
+    @staticmethod
+    def _args(
+        board: Board,
+        standings: Sequence[Standing],
+        mode: str,
+        updated: Standing | None,
+        removals: Sequence[Removal],
+    ) -> list[str | int]:
+        args: list[str | int] = [
+            board.top_n,
+            board.channel,
+            mode,
+            redis_direction(board.ascending),
+            board.uid,
+            "" if board.is_default else board.id,
+            updated.user_id if updated else "",
+            updated.total if updated else "",
+            "1" if may_worsen(board.operator) else "0",
+            len(removals),
+        ]
+        for removal in removals:
+            args += [removal.user_id, removal.welcome_from]
+        for standing in standings:
+            args += [standing.user_id, standing.total, standing.member, standing.version, standing.name or ""]
+        return args
+
+    def apply(
+        self,
+        board: Board,
+        standings: Sequence[Standing],
+        *,
+        mode: str,
+        updated: Standing | None = None,
+        removals: Sequence[Removal] = (),
+    ) -> ApplyResult:
+        """Run APPLY_SCRIPT on one board; see its header for the modes.
+
+        `updated` is the user a merge's or a replace's message names; in a
+        write, each standing's message names its own user.
+        """
+        args = self._args(board, standings, mode, updated, removals)
+        with REDIS_SCRIPT_SECONDS.labels(mode).time():
+            status, version = self._apply(keys=board.keys.as_list(), args=args)
+        return ApplyResult(status=status, version=int(version) if version else None)
+
+    def write_each(self, calls: Sequence[tuple[Board, Sequence[Standing]]]) -> list[ApplyResult]:
+        """Run APPLY_SCRIPT in write mode once per (board, standings), in order, in one round trip.
+
+        Boards live in different hash slots, so each is its own call; a
+        pipeline (not a transaction) sends them together.
+        """
+        if len(calls) == 1:
+            board, standings = calls[0]
+            return [self.apply(board, standings, mode="write")]
+        pending = list(range(len(calls)))
+        results: list[Any] = [None] * len(calls)
+        for attempt in range(2):
+            pipe = self.redis.pipeline(transaction=False)
+            for index in pending:
+                board, standings = calls[index]
+                args = self._args(board, standings, "write", None, ())
+                keys = board.keys.as_list()
+                pipe.evalsha(self._apply.sha, len(keys), *keys, *args)
+            with REDIS_SCRIPT_SECONDS.labels("write").time():
+                replies = pipe.execute(raise_on_error=False)
+            missing = []
+            for index, reply in zip(pending, replies, strict=True):
+                if isinstance(reply, NoScriptError) and attempt == 0:
+                    missing.append(index)
+                elif isinstance(reply, Exception):
+                    raise reply
+                else:
+                    results[index] = reply
+            if not missing:
+                break
+            self.redis.script_load(APPLY_SCRIPT)  # a restarted or flushed Redis: load it, run those again
+            pending = missing
+        return [ApplyResult(status=status, version=int(version) if version else None) for status, version in results]
+
+    def is_built(self, board: Board) -> bool:
+        """Whether Redis holds this board, built from this board's SQL (else rebuild it)."""
+        version, origin = self.redis.mget(board.keys.version, board.keys.origin)
+        return version is not None and (not board.uid or origin == board.uid)
+
+    def built(self, boards: Sequence[Board]) -> dict[str, bool]:
+        """`is_built` for many boards, in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        for board in boards:
+            pipe.mget(board.keys.version, board.keys.origin)
+        replies = pipe.execute()
+        return {
+            board.id: version is not None and (not board.uid or origin == board.uid)
+            for board, (version, origin) in zip(boards, replies, strict=True)
+        }
+
+    def rank(self, board: Board, user_id: str) -> int | None:
+        """The user's 1-based rank on the cached board, or None when not on it."""
+        entry = cast(str | None, self.redis.hget(board.keys.members, user_id))
+        if entry is None:
+            return None
+        rank = cast(int | None, self.redis.zrank(board.keys.top, entry.split("|", 1)[1]))
+        return None if rank is None else rank + 1
+
+    def entries(self, board: Board) -> list[tuple[str, int]]:
+        """The cached board in rank order, as (userId, value) pairs."""
+        rows = cast(list[tuple[str, float]], self.redis.zrange(board.keys.top, 0, -1, withscores=True))
+        direction = redis_direction(board.ascending)
+        return [(member.split(":", 1)[1], int(direction * score)) for member, score in rows]
+
+    def names(self, board: Board) -> dict[str, str]:
+        """The display names the cached board shows."""
+        return cast(dict[str, str], self.redis.hgetall(board.keys.names))
+
+    def latest_raw(self, board: Board) -> str | None:
+        """The last message published for the board, as published; None if never built."""
+        return cast(str | None, self.redis.get(board.keys.latest))
+
+    def latest_message(self, board: Board) -> dict[str, Any] | None:
+        """The last message published for the board, parsed."""
+        raw = self.latest_raw(board)
+        return None if raw is None else cast(dict[str, Any], json.loads(raw))
+
+    def drop(self, board: Board) -> None:
+        """Delete the board's keys and tell its viewers it is gone (a `deleted` message on its channel)."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.delete(*board.keys.as_list())
+        pipe.publish(board.channel, json.dumps({"type": "deleted", "board": board.id}, separators=(",", ":")))
+        pipe.execute()
