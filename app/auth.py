@@ -9,6 +9,7 @@ and each failure is a 401 in the one error envelope (its default is a 422).
 from __future__ import annotations
 
 import re
+import unicodedata
 from datetime import timedelta
 from typing import Any
 
@@ -19,13 +20,49 @@ from app.errors import error_response
 from app.extensions import jwt
 from app.models import USER_ID_MAX_LENGTH
 
-# Printable, no whitespace or control characters; ':' is fine (Redis members
+# The common case, checked first: visible ASCII. ':' is fine (Redis members
 # split on the first one only).
-_USER_ID = re.compile(rf"^[\x21-\x7e\u00a0-\U0010ffff]{{1,{USER_ID_MAX_LENGTH}}}$")
+_ASCII_USER_ID = re.compile(rf"[\x21-\x7e]{{1,{USER_ID_MAX_LENGTH}}}")
+# Beyond ASCII, characters of these Unicode categories are refused: controls
+# (Cc), format characters (Cf: zero width space, bidi overrides, BOM), lone
+# surrogates (Cs: no database can store them), private use (Co) and spaces
+# (Zs, Zl, Zp). Each either hides inside an id that looks like another one or
+# cannot be shown. Unassigned code points (Cn) pass: the character database of
+# the Python running here lags behind the devices that send ids, and refusing
+# a new emoji would lock its users out.
+_REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Zs", "Zl", "Zp"})
+# The format characters that words and emoji need: zero width non-joiner and
+# joiner (Persian and Indic words, 👩‍💻), allowed only between two visible
+# non-ASCII characters, where they join or part them and cannot hide.
+_JOINERS = frozenset("\u200c\u200d")
+# A subdivision flag is a black flag, tag characters (Cf) and a cancel tag.
+_EMOJI_TAG_SEQUENCE = re.compile("\U0001f3f4[\U000e0020-\U000e007e]+\U000e007f")
+
+
+def _visible(char: str) -> bool:
+    code = ord(char)
+    if code < 0x80:
+        return 0x21 <= code <= 0x7E
+    noncharacter = 0xFDD0 <= code <= 0xFDEF or code & 0xFFFE == 0xFFFE
+    return not noncharacter and unicodedata.category(char) not in _REFUSED_CATEGORIES
 
 
 def is_valid_user_id(value: object) -> bool:
-    return isinstance(value, str) and _USER_ID.match(value) is not None
+    """True for 1 to USER_ID_MAX_LENGTH printable characters: no space, control
+    or invisible character; letters of any script and emoji are fine."""
+    if not isinstance(value, str) or not 1 <= len(value) <= USER_ID_MAX_LENGTH:
+        return False
+    if _ASCII_USER_ID.fullmatch(value):
+        return True
+    chars = _EMOJI_TAG_SEQUENCE.sub("\U0001f3f4", value)
+    for i, char in enumerate(chars):
+        if char in _JOINERS:
+            between = chars[i - 1 : i + 2] if i > 0 else ""
+            if len(between) != 3 or not all(ord(c) >= 0x80 and _visible(c) for c in between[::2]):
+                return False
+        elif not _visible(char):
+            return False
+    return True
 
 
 def current_user_id() -> str:
