@@ -47,6 +47,11 @@ class InvalidHeader(APIError):
     status, code = 400, "invalid_header"
 
 
+class IncompleteBody(APIError):
+    status, code = 400, "incomplete_body"
+    message = "The request body ended before its Content-Length or its last chunk; nothing was recorded."
+
+
 class Unauthorized(APIError):
     status, code = 401, "invalid_token"
     message = "The bearer token is missing or invalid."

@@ -195,8 +195,8 @@ def _increment_paths(settings: Settings) -> dict[str, Any]:
                 "responses": {
                     "200": _json({"$ref": "#/components/schemas/ScoreAccepted"}, "Added; the new total and rank."),
                     "400": _error(
-                        "Malformed JSON (malformed_json) or Idempotency-Key (invalid_header), or HTTP framing "
-                        "that cannot be trusted (malformed_request)."
+                        "Malformed JSON (malformed_json) or Idempotency-Key (invalid_header), HTTP framing "
+                        "that cannot be trusted (malformed_request), or a body that ended early (incomplete_body)."
                     ),
                     "401": _error("Missing, invalid or expired token."),
                     "413": _error(f"Body over {settings.max_content_length} bytes (body_too_large)."),

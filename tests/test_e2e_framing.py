@@ -1,4 +1,4 @@
-"""Requests gunicorn itself must refuse (bad framing, oversized heads),
+"""Requests gunicorn itself must refuse (bad framing, oversized heads) and bodies that end early,
 over raw sockets against the Increment Service under gunicorn, as deployed.
 
 Every refusal is a JSON envelope with a 4xx, changes nothing, and costs one
@@ -156,6 +156,39 @@ def test_bad_framing_is_a_400_in_the_envelope_and_changes_nothing(
     assert answer.error_code() == "malformed_request"
     assert recorded(board_state) == before
     assert_logged_once(log.lines(), 400)
+
+
+def test_a_body_shorter_than_its_content_length_is_refused(
+    increment: GunicornServer, board_state: Callable[[], Any]
+) -> None:
+    """A complete JSON body, but 12 of the 20 bytes declared, then the client half-closes."""
+    before = recorded(board_state)
+    answer = exchange(increment, request_head("Content-Length: 20") + BODY)
+    assert answer is not None
+    assert answer.status == 400
+    assert answer.error_code() == "incomplete_body"
+    assert recorded(board_state) == before
+
+
+def test_a_client_that_hangs_up_mid_body_records_nothing(
+    increment: GunicornServer, board_state: Callable[[], Any]
+) -> None:
+    before = recorded(board_state)
+    for framing, body in ((["Content-Length: 20"], BODY), (["Transfer-Encoding: chunked"], b"c\r\n" + BODY + b"\r\n")):
+        assert exchange(increment, request_head(*framing) + body, hang_up=True) is None
+    time.sleep(0.5)  # what the worker does after the hang-up
+    assert recorded(board_state) == before
+
+
+def test_a_chunked_body_without_its_last_chunk_is_refused(
+    increment: GunicornServer, board_state: Callable[[], Any]
+) -> None:
+    before = recorded(board_state)
+    answer = exchange(increment, request_head("Transfer-Encoding: chunked") + b"c\r\n" + BODY + b"\r\n")
+    assert answer is not None
+    assert answer.status == 400
+    assert answer.error_code() == "incomplete_body"
+    assert recorded(board_state) == before
 
 
 TOO_MANY_FIELDS = [f"X-Filler-{i}: 1" for i in range(101)]
