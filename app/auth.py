@@ -9,16 +9,22 @@ and each failure is a 401 in the one error envelope (its default is a 422).
 from __future__ import annotations
 
 import re
+import time
 import unicodedata
 from datetime import timedelta
 from typing import Any
 
-from flask import Flask, Response
+from flask import Flask, Response, current_app
 from flask_jwt_extended import create_access_token, get_jwt_identity
 
 from app.errors import error_response
 from app.extensions import jwt
 from app.models import USER_ID_MAX_LENGTH
+from config.settings import format_duration
+
+# An issuer's clock may run a little ahead of ours: a token minted for exactly
+# JWT_MAX_LIFETIME is still fine when measured from our now.
+CLOCK_SKEW_SECONDS = 60
 
 # The common case, checked first: visible ASCII. ':' is fine (Redis members
 # split on the first one only).
@@ -71,10 +77,37 @@ def current_user_id() -> str:
 
 
 def mint_token(user_id: str, expires_in: timedelta) -> str:
-    """A signed access token for `user_id`, for scripts, demos and tests."""
+    """A signed access token for `user_id` that lives `expires_in`, for scripts, demos and
+    tests; ValueError for an unusable id or a lifetime over JWT_MAX_LIFETIME."""
     if not is_valid_user_id(user_id):
         raise ValueError(f"user id must be 1 to {USER_ID_MAX_LENGTH} printable characters without spaces")
+    longest = _max_lifetime()
+    if longest is not None and expires_in > longest:
+        raise ValueError(
+            f"a lifetime of {format_duration(expires_in)} is longer than JWT_MAX_LIFETIME ({format_duration(longest)})"
+        )
     return str(create_access_token(identity=user_id, expires_delta=expires_in))
+
+
+def _max_lifetime() -> timedelta | None:
+    lifetime: timedelta | None = current_app.extensions["settings"].jwt_max_lifetime
+    return lifetime
+
+
+def _lives_within_max_lifetime(payload: dict[str, Any]) -> bool:
+    """`exp` at most JWT_MAX_LIFETIME after `iat` (when given) and after now."""
+    longest = _max_lifetime()
+    if longest is None:
+        return True
+    seconds = longest.total_seconds()
+    try:  # as PyJWT reads them (it has refused what int() cannot take, but be sure)
+        exp = int(payload["exp"])
+        issued = int(payload["iat"]) if "iat" in payload else None
+    except (TypeError, ValueError, OverflowError):
+        return False
+    if exp - time.time() > seconds + CLOCK_SKEW_SECONDS:
+        return False
+    return issued is None or exp - issued <= seconds
 
 
 def _unauthorized(code: str, message: str) -> Response:
@@ -103,11 +136,14 @@ def _expired_token(header: dict[str, Any], payload: dict[str, Any]) -> Response:
 
 @jwt.token_verification_loader
 def _token_is_acceptable(header: dict[str, Any], payload: dict[str, Any]) -> bool:
-    return "exp" in payload and is_valid_user_id(payload.get("sub"))
+    return "exp" in payload and is_valid_user_id(payload.get("sub")) and _lives_within_max_lifetime(payload)
 
 
 @jwt.token_verification_failed_loader
 def _token_not_acceptable(header: dict[str, Any], payload: dict[str, Any]) -> Response:
+    if "exp" in payload and is_valid_user_id(payload.get("sub")):
+        longest = format_duration(_max_lifetime() or timedelta())
+        return _unauthorized("invalid_token", f"The token lives longer than JWT_MAX_LIFETIME ({longest}) allows.")
     return _unauthorized(
         "invalid_token",
         f"The token needs an 'exp' claim and a 'sub' of 1 to {USER_ID_MAX_LENGTH} printable characters.",

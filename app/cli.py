@@ -6,7 +6,6 @@ flask --app wsgi_board rebuild
 
 from __future__ import annotations
 
-import re
 from datetime import timedelta
 
 import click
@@ -17,17 +16,14 @@ from app.auth import mint_token
 from app.extensions import db
 from app.leaderboard import BoardCache, prune_idempotency_keys, rebuild_board
 from app.ranks import compact_rank_index
-
-_DURATION = re.compile(r"^(\d+)([smhd]?)$")
-_UNITS = {"": "seconds", "s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+from config.settings import parse_duration
 
 
-def parse_duration(text: str) -> timedelta:
-    """'90', '90s', '15m', '1h' or '7d' as a timedelta."""
-    match = _DURATION.match(text.strip())
-    if not match or int(match.group(1)) == 0:
-        raise click.BadParameter(f"{text!r} is not a duration like 30s, 15m, 1h or 7d")
-    return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+def _lifetime(text: str) -> timedelta:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--expires'") from None
 
 
 def register(app: Flask) -> None:
@@ -40,13 +36,15 @@ def register(app: Flask) -> None:
 @click.command("token")
 @with_appcontext
 @click.argument("user_id")
-@click.option("--expires", default="1h", show_default=True, help="Lifetime: 30s, 15m, 1h, 7d.")
+@click.option(
+    "--expires", default="1h", show_default=True, help="Lifetime: 30s, 15m, 1h, 7d; JWT_MAX_LIFETIME at most."
+)
 def token_command(user_id: str, expires: str) -> None:
     """Print a signed access token for USER_ID (HS256 with JWT_SECRET_KEY)."""
     if current_app.config["JWT_ALGORITHM"] != "HS256":
         raise click.ClickException("tokens for RS256 are issued by your identity provider, not by this command")
     try:
-        click.echo(mint_token(user_id, parse_duration(expires)))
+        click.echo(mint_token(user_id, _lifetime(expires)))
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
 

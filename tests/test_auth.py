@@ -185,3 +185,41 @@ def test_ids_of_any_script_and_emoji_stay_usable(app: Flask) -> None:
         assert response.get_json()["userId"] == sub
         with app.app_context():
             assert pyjwt.decode(mint_token(sub, timedelta(minutes=5)), JWT_SECRET, algorithms=["HS256"])["sub"] == sub
+
+
+def test_a_token_that_lives_longer_than_jwt_max_lifetime_is_refused(
+    make_app: Callable[..., Flask], board_state: Callable[[], Any]
+) -> None:
+    app = make_app(JWT_MAX_LIFETIME="1h")
+    now = datetime.now(UTC)
+    assert post(app, make_token("alice", exp=now + timedelta(minutes=59))).status_code == 200
+    half_spent = make_token("alice", iat=now - timedelta(minutes=30), exp=now + timedelta(minutes=30))
+    assert post(app, half_spent).status_code == 200
+    before = board_state()
+    for token in (
+        make_token("alice", exp=2**70),  # as good as never expires
+        make_token("alice", exp=now + timedelta(days=365)),
+        make_token("alice", iat=None, exp=now + timedelta(hours=2)),  # no iat: measured from now
+        make_token("alice", iat=now - timedelta(hours=2), exp=now + timedelta(minutes=5)),  # issued for 2 h 5 min
+    ):
+        response = post(app, token)
+        assert response.status_code == 401
+        assert response.get_json()["error"]["code"] == "invalid_token"
+    assert board_state() == before
+
+
+def test_the_default_max_lifetime_is_a_week_and_off_lifts_it(make_app: Callable[..., Flask]) -> None:
+    now = datetime.now(UTC)
+    assert post(make_app(), make_token("alice", exp=now + timedelta(days=6))).status_code == 200
+    assert post(make_app(), make_token("alice", exp=now + timedelta(days=8))).status_code == 401
+    assert post(make_app(JWT_MAX_LIFETIME="off"), make_token("alice", exp=2**70)).status_code == 200
+
+
+def test_the_token_command_refuses_a_lifetime_over_the_max(make_app: Callable[..., Flask]) -> None:
+    runner = make_app(JWT_MAX_LIFETIME="1d").test_cli_runner()
+    assert runner.invoke(args=["token", "alice", "--expires", "1d"]).exit_code == 0
+    result = runner.invoke(args=["token", "alice", "--expires", "25h"])
+    assert result.exit_code != 0
+    assert "longer than JWT_MAX_LIFETIME (1d)" in result.output
+    unlimited = make_app(JWT_MAX_LIFETIME="off").test_cli_runner()
+    assert unlimited.invoke(args=["token", "alice", "--expires", "365d"]).exit_code == 0
