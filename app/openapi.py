@@ -65,9 +65,16 @@ def _schemas(settings: Settings) -> dict[str, Any]:
             "properties": {
                 "score": {
                     "type": "integer",
+                    # Tells client generators to send an integer type, never a double.
+                    "format": "int64",
                     "minimum": 1,
                     "maximum": settings.score_max_increment,
-                    "description": "Added to the caller's total. A JSON integer: no float, exponent or string.",
+                    "examples": [1500],
+                    "description": (
+                        "Added to the caller's total. A JSON integer literal, digits only (1500): 1500.0, 1.5e3, "
+                        '"1500" and true are refused with 422 invalid_score, although JSON Schema counts 1500.0 '
+                        "as an integer."
+                    ),
                 }
             },
         },
