@@ -176,7 +176,7 @@ def test_a_client_that_hangs_up_mid_body_records_nothing(
     before = recorded(board_state)
     for framing, body in ((["Content-Length: 20"], BODY), (["Transfer-Encoding: chunked"], b"c\r\n" + BODY + b"\r\n")):
         assert exchange(increment, request_head(*framing) + body, hang_up=True) is None
-    time.sleep(0.5)  # what the worker does after the hang-up
+    time.sleep(0.5)  # for the worker to finish with both requests after the hang-up
     assert recorded(board_state) == before
 
 
