@@ -45,8 +45,15 @@ format: $(STAMP) ## Reformat the code with ruff
 migrate: $(STAMP) ## Apply database migrations (DATABASE_URL, default SQLite)
 	$(VENV)/bin/flask --app wsgi_increment db upgrade
 
+# USER_ID and EXPIRES reach the CLI exactly as given: read unexpanded ($(value)),
+# never exported (make would expand them on the way), and single-quoted for
+# the shell, so neither shell nor make syntax in them is ever run.
+unexport USER_ID EXPIRES
+shell_quote = '$(subst ','\'',$(1))'
+
 token: $(STAMP) ## Print a token: make token USER_ID=alice [EXPIRES=1h]
-	@$(VENV)/bin/flask --app wsgi_increment token $(or $(USER_ID),alice) --expires $(or $(EXPIRES),1h)
+	@$(VENV)/bin/flask --app wsgi_increment token --expires $(call shell_quote,$(or $(value EXPIRES),1h)) \
+		-- $(call shell_quote,$(or $(value USER_ID),alice))
 
 demo: $(STAMP) ## Start both services with a score generator; open the board page it prints
 	scripts/demo.sh

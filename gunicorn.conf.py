@@ -8,23 +8,26 @@ Anything here can be overridden on the command line or with GUNICORN_CMD_ARGS
 with the reason.
 """
 
+import json
 import multiprocessing
 import os
 import shutil
 import signal
 import tempfile
+import uuid
+from datetime import datetime
+from http import HTTPStatus
 from pathlib import Path
 
+from gunicorn import util
 from gunicorn.glogging import Logger
+from gunicorn.http import errors as http_errors
+from gunicorn.http.wsgi import Response, default_environ
+from gunicorn.workers.ggevent import GeventWorker
 
 from config.logs import JsonFormatter
 
-# Cooperative greenlets: one worker holds thousands of open SSE streams and
-# overlaps many database and Redis round trips. The worker monkey-patches the
-# standard library itself before it imports the app (see post_worker_init for
-# psycopg2). Never use --preload with it: the app would import sockets before
-# the patch.
-worker_class = "gevent"
+# worker_class: gevent, set below with the worker class.
 
 # One process per core; greenlets provide the concurrency inside each.
 workers = multiprocessing.cpu_count()
@@ -78,7 +81,7 @@ class JsonLogger(Logger):
                 "remote": environ.get("REMOTE_ADDR"),
                 "method": environ.get("REQUEST_METHOD"),
                 "path": environ.get("PATH_INFO"),
-                "status": resp.status_code,
+                "status": _status_code(resp),
                 "bytes": getattr(resp, "sent", None),
                 "duration_ms": round(request_time.total_seconds() * 1000, 2),
                 "request_id": headers.get("x-request-id"),
@@ -87,8 +90,104 @@ class JsonLogger(Logger):
         )
 
 
+def _status_code(resp):
+    """The answer's status as a number. gunicorn sets `status_code` only when an
+    app starts a response; its own error answers carry just `status` ("400 Bad Request")."""
+    code = getattr(resp, "status_code", None)
+    if code is None and isinstance(resp.status, str):
+        code = resp.status.split(None, 1)[0]
+    return int(code) if str(code).isdigit() else None
+
+
 # JSON lines for every log; query strings and headers (tokens) are never logged.
 logger_class = JsonLogger
+
+
+# gunicorn's own answers to requests it refuses before (or while) the app
+# reads them, by the exception its parser raises: status and error code. The
+# first match wins; any other parse error is a 400.
+_REFUSALS = (
+    (http_errors.LimitRequestLine, 414, "request_line_too_long"),
+    (http_errors.LimitRequestHeaders, 431, "header_fields_too_large"),
+    (http_errors.UnsupportedTransferCoding, 501, "unsupported_transfer_coding"),
+    (http_errors.ExpectationFailed, 417, "expectation_failed"),
+    (http_errors.ForbiddenProxyRequest, 403, "forbidden"),
+    (http_errors.ParseException, 400, "malformed_request"),
+)
+# Not the client's fault: gunicorn's own 500 stands (and logs the traceback).
+_SERVER_FAULTS = (
+    http_errors.InvalidResponseHeader,
+    http_errors.InvalidResponseHeaderName,
+    http_errors.ConfigurationProblem,
+)
+# Raised only while reading a body. gunicorn reads one itself only to discard
+# what the app left unread, after the app answered.
+_BODY_ERRORS = (http_errors.InvalidChunkSize, http_errors.InvalidChunkExtension, http_errors.ChunkMissingTerminator)
+
+
+class JsonErrorsGeventWorker(GeventWorker):
+    """gunicorn's gevent worker, with its own refusals (bad framing, a request line or
+    header fields over its limits) in the API's JSON error envelope instead of an HTML page.
+
+    gunicorn answers these itself, in `handle_error`, before the app sees the
+    request; everything else, and every answer of the app, is gunicorn's as is.
+    """
+
+    def handle_error(self, req, client, addr, exc):
+        started = datetime.now()
+        refusal = next((r for r in _REFUSALS if isinstance(exc, r[0])), None)
+        if refusal is None or isinstance(exc, _SERVER_FAULTS):
+            return super().handle_error(req, client, addr, exc)
+        _, status, code = refusal
+        req = req or getattr(exc, "req", None)
+        request_id = uuid.uuid4().hex
+        # The exception's name, not its text: that can hold the request line (query strings).
+        extra = {"remote": (addr or ("",))[0], "error": type(exc).__name__, "status": status, "request_id": request_id}
+        if req is None and isinstance(exc, _BODY_ERRORS):
+            # The unread body of a request already answered: another answer now
+            # would be read as the answer to the client's next request.
+            self.log.warning("malformed request body after its answer; connection closed", extra=extra)
+            return
+        self.log.warning("request refused by gunicorn", extra=extra)
+        body = json.dumps({"error": {"code": code, "message": self._message(status, exc)}}).encode()
+        reason = HTTPStatus(status).phrase
+        head = (
+            f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nX-Request-ID: {request_id}\r\n\r\n"
+        )
+        if req is not None:
+            resp = Response(req, client, self.cfg)
+            resp.status, resp.status_code = f"{status} {reason}", status
+            resp.headers = [("X-Request-ID", request_id)]
+            resp.response_length = resp.sent = len(body)
+            environ = default_environ(req, client, self.cfg)
+            environ["REMOTE_ADDR"] = extra["remote"]
+            environ["PATH_INFO"] = util.unquote_to_wsgi_str(req.path or "")
+            self.log.access(resp, req, environ, datetime.now() - started)
+        try:
+            util.write_nonblock(client, head.encode("latin-1") + body)
+        except OSError:
+            self.log.debug("the client left before its error answer")
+
+    def _message(self, status, exc):
+        cfg = self.cfg
+        if status == 414:
+            return f"The request line (method, path and query) is longer than {cfg.limit_request_line} bytes."
+        if status == 431:
+            return (
+                f"A header field is longer than {cfg.limit_request_field_size} bytes (a token that large?), "
+                f"or there are more than {cfg.limit_request_fields} of them."
+            )
+        # gunicorn's own words: the header or the chunk at fault, as the client sent it.
+        return f"The request cannot be parsed: {str(exc)[:200]}."
+
+
+# Cooperative greenlets: one worker holds thousands of open SSE streams and
+# overlaps many database and Redis round trips. The worker monkey-patches the
+# standard library itself before it imports the app (see post_worker_init for
+# psycopg2). Never use --preload with it: the app would import sockets before
+# the patch. gunicorn's gevent worker, with its refusals in JSON (above).
+worker_class = JsonErrorsGeventWorker
 
 
 _metrics_folder_made = None
@@ -125,7 +224,7 @@ def on_exit(server):
 
 def post_worker_init(worker):
     """Runs in each worker after its monkey-patch and app load, before the first request."""
-    if "gevent" in worker.cfg.worker_class_str:
+    if isinstance(worker, GeventWorker):
         # psycopg2 must yield to the gevent hub while it waits on PostgreSQL;
         # without this every query blocks the whole worker, SSE streams included.
         from psycogreen.gevent import patch_psycopg

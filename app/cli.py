@@ -9,7 +9,6 @@ flask --app wsgi_board rebuild [--board laps]
 from __future__ import annotations
 
 import json
-import re
 from datetime import timedelta
 from typing import Any
 
@@ -28,17 +27,14 @@ from app.leaderboard.ranks import compact_rank_index
 from app.leaderboard.rebuild import rebuild_board
 from app.leaderboard.records import prune_idempotency_keys
 from app.leaderboard.rules import OPERATORS, ORDERS
-
-_DURATION = re.compile(r"^(\d+)([smhd]?)$")
-_UNITS = {"": "seconds", "s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+from config.settings import parse_duration
 
 
-def parse_duration(text: str) -> timedelta:
-    """'90', '90s', '15m', '1h' or '7d' as a timedelta."""
-    match = _DURATION.match(text.strip())
-    if not match or int(match.group(1)) == 0:
-        raise click.BadParameter(f"{text!r} is not a duration like 30s, 15m, 1h or 7d")
-    return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+def _lifetime(text: str) -> timedelta:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--expires'") from None
 
 
 def register(app: Flask) -> None:
@@ -70,7 +66,9 @@ def _board(board_id: str | None) -> Board:
 @click.command("token")
 @with_appcontext
 @click.argument("user_id")
-@click.option("--expires", default="1h", show_default=True, help="Lifetime: 30s, 15m, 1h, 7d.")
+@click.option(
+    "--expires", default="1h", show_default=True, help="Lifetime: 30s, 15m, 1h, 7d; JWT_MAX_LIFETIME at most."
+)
 @click.option("--admin", is_flag=True, help="With the admin role (ADMIN_CLAIM = ADMIN_ROLE).")
 @click.option("--name", default=None, help="A display name for the boards (the JWT_NAME_CLAIM claim).")
 def token_command(user_id: str, expires: str, admin: bool, name: str | None) -> None:
@@ -78,7 +76,7 @@ def token_command(user_id: str, expires: str, admin: bool, name: str | None) -> 
     if current_app.config["JWT_ALGORITHM"] != "HS256":
         raise click.ClickException("tokens for RS256 are issued by your identity provider, not by this command")
     try:
-        click.echo(mint_token(user_id, parse_duration(expires), admin=admin, name=name))
+        click.echo(mint_token(user_id, _lifetime(expires), admin=admin, name=name))
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
 

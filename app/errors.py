@@ -15,6 +15,7 @@ import time
 import redis
 from flask import Flask, Response, jsonify
 from flask_limiter import RateLimitExceeded
+from gunicorn.http.errors import ParseException as ServerParseError
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 
@@ -51,6 +52,11 @@ class MalformedJSON(APIError):
 
 class InvalidHeader(APIError):
     status, code = 400, "invalid_header"
+
+
+class IncompleteBody(APIError):
+    status, code = 400, "incomplete_body"
+    message = "The request body ended before its Content-Length or its last chunk; nothing was recorded."
 
 
 class Unauthorized(APIError):
@@ -191,6 +197,15 @@ def register_error_handlers(app: Flask) -> None:
         return error_response(
             503, "redis_unavailable", "Redis is unavailable; try again shortly.", {"Retry-After": "1"}
         )
+
+    @app.errorhandler(ServerParseError)
+    def malformed_request(error: Exception) -> Response:
+        # gunicorn's parser raises these while the app reads a chunked body (a
+        # bad chunk size, extension or terminator): the client's framing, not
+        # our fault. gunicorn's own refusals of a request have the same code
+        # (JsonErrorsGeventWorker in gunicorn.conf.py).
+        log.warning("malformed request body: %s", error.__class__.__name__)
+        return error_response(400, "malformed_request", f"The request cannot be parsed: {str(error)[:200]}.")
 
     @app.errorhandler(Exception)
     def unexpected_error(error: Exception) -> Response:

@@ -65,9 +65,16 @@ def _schemas(settings: Settings) -> dict[str, Any]:
             "properties": {
                 "score": {
                     "type": "integer",
+                    # Tells client generators to send an integer type, never a double.
+                    "format": "int64",
                     "minimum": 1,
                     "maximum": settings.score_max_increment,
-                    "description": "Added to the caller's total. A JSON integer: no float, exponent or string.",
+                    "examples": [1500],
+                    "description": (
+                        "Added to the caller's total. A JSON integer literal, digits only (1500): 1500.0, 1.5e3, "
+                        '"1500" and true are refused with 422 invalid_score, although JSON Schema counts 1500.0 '
+                        "as an integer."
+                    ),
                 }
             },
         },
@@ -194,7 +201,10 @@ def _increment_paths(settings: Settings) -> dict[str, Any]:
                 },
                 "responses": {
                     "200": _json({"$ref": "#/components/schemas/ScoreAccepted"}, "Added; the new total and rank."),
-                    "400": _error("Malformed JSON (malformed_json) or Idempotency-Key (invalid_header)."),
+                    "400": _error(
+                        "Malformed JSON (malformed_json) or Idempotency-Key (invalid_header), HTTP framing "
+                        "that cannot be trusted (malformed_request), or a body that ended early (incomplete_body)."
+                    ),
                     "401": _error("Missing, invalid or expired token."),
                     "413": _error(f"Body over {settings.max_content_length} bytes (body_too_large)."),
                     "415": _error("Not application/json in UTF-8 (unsupported_media_type)."),

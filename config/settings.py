@@ -32,6 +32,8 @@ MAX_SAFE_TOTAL = 2**53 - 1
 ENVIRONMENTS = ("development", "testing", "production")
 _BOARD_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _CLAIM = re.compile(r"^[A-Za-z0-9_:/.-]{1,100}$")
+_DURATION = re.compile(r"^(\d+)([smhd]?)$")
+_DURATION_UNITS = {"": "seconds", "s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 
 
 # Every variable `Settings.from_env` reads; the README's table and
@@ -53,6 +55,7 @@ VARIABLES = (
     "JWT_NAME_CLAIM",
     "ADMIN_CLAIM",
     "ADMIN_ROLE",
+    "JWT_MAX_LIFETIME",
     "DB_POOL_SIZE",
     "DB_TIMEOUT_SECONDS",
     "REDIS_TIMEOUT_SECONDS",
@@ -96,6 +99,8 @@ class Settings:
     jwt_name_claim: str = "name"
     admin_claim: str = "role"
     admin_role: str = "admin"
+    # Longest a token may live (from its iat, and from now); None: no limit.
+    jwt_max_lifetime: timedelta | None = timedelta(days=7)
     db_pool_size: int = 10
     db_timeout_seconds: float = 5.0
     redis_timeout_seconds: float = 2.0
@@ -140,6 +145,7 @@ class Settings:
             jwt_name_claim=reader.matching("JWT_NAME_CLAIM", cls.jwt_name_claim, _CLAIM),
             admin_claim=reader.matching("ADMIN_CLAIM", cls.admin_claim, _CLAIM),
             admin_role=reader.text("ADMIN_ROLE", cls.admin_role),
+            jwt_max_lifetime=reader.duration("JWT_MAX_LIFETIME", cls.jwt_max_lifetime),
             db_pool_size=reader.integer("DB_POOL_SIZE", cls.db_pool_size, low=1, high=500),
             db_timeout_seconds=reader.number("DB_TIMEOUT_SECONDS", cls.db_timeout_seconds, low=0.1, high=300),
             redis_timeout_seconds=reader.number("REDIS_TIMEOUT_SECONDS", cls.redis_timeout_seconds, low=0.1, high=300),
@@ -272,6 +278,23 @@ def normalize_database_url(url: str) -> str:
     return url
 
 
+def parse_duration(text: str) -> timedelta:
+    """'90', '90s', '15m', '1h' or '7d' as a timedelta; ValueError for anything else (or zero)."""
+    match = _DURATION.match(text.strip())
+    if not match or int(match.group(1)) == 0:
+        raise ValueError(f"{text!r} is not a duration like 30s, 15m, 1h or 7d")
+    return timedelta(**{_DURATION_UNITS[match.group(2)]: int(match.group(1))})
+
+
+def format_duration(duration: timedelta) -> str:
+    """The shortest form `parse_duration` reads back: 7d, 36h, 90m, 45s."""
+    seconds = int(duration.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
 def _csp_sources(value: str) -> str:
     """CSP source list: `self` and `none` get the quotes CSP needs (shells and .env files eat them)."""
     sources = [word for word in re.split(r"[,\s]+", value) if word]
@@ -344,6 +367,18 @@ class _Reader:
         except ValueError:
             raise ConfigError(f"{name}={value!r} is not a rate limit like 10/second;300/minute (or off)") from None
         return value
+
+    def duration(self, name: str, default: timedelta | None) -> timedelta | None:
+        """A duration like 30s, 15m, 1h or 7d; "off" for none."""
+        raw = self.optional(name)
+        if raw is None:
+            return default
+        if raw.lower() == "off":
+            return None
+        try:
+            return parse_duration(raw)
+        except ValueError:
+            raise ConfigError(f"{name}={raw!r} is not a duration like 30s, 15m, 1h or 7d (or off)") from None
 
     def words(self, name: str) -> tuple[str, ...]:
         """A comma- or space-separated list."""

@@ -1,4 +1,4 @@
-"""JWT hardening: issuer and audience, RS256 with a public key, and no secret in any log."""
+"""JWT hardening: issuer and audience, RS256 with a public key, usable user ids, and no secret in any log."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from flask import Flask
 
+from app.auth import mint_token
 from tests.conftest import JWT_SECRET, make_token
 
 ISSUER, AUDIENCE = "https://id.example.com", "leaderboard"
@@ -118,3 +119,107 @@ def test_no_token_or_secret_is_ever_logged(make_app: Callable[..., Flask], caplo
     text = caplog.text + "".join(str(record.args) for record in caplog.records)
     for secret in (JWT_SECRET, good, expired, forged, good.split(".")[2], forged.split(".")[2]):
         assert secret not in text
+
+
+# A `sub` the README's "printable characters without spaces" rules out; each
+# looks like (or hides inside) an ordinary id, or cannot be stored at all.
+UNUSABLE_SUBS = {
+    "lone surrogate U+D800": "al\ud800ice",
+    "no-break space U+00A0": "al\u00a0ice",
+    "em space U+2003": "al\u2003ice",
+    "ideographic space U+3000": "al\u3000ice",
+    "line separator U+2028": "al\u2028ice",
+    "paragraph separator U+2029": "al\u2029ice",
+    "zero width space U+200B": "al\u200bice",
+    "right-to-left override U+202E": "\u202ealice",
+    "byte order mark U+FEFF": "\ufeffalice",
+    "soft hyphen U+00AD": "al\u00adice",
+    "zero width joiner between ASCII letters": "al\u200dice",
+    "trailing zero width joiner": "\u0639\u200d",
+    "delete U+007F": "alice\x7f",
+    "next line U+0085": "alice\x85",
+    "private use U+E000": "alice\ue000",
+    "noncharacter U+FFFF": "alice\uffff",
+    "only a space": " ",
+    "129 characters": "x" * 129,
+}
+
+# Ids that are and stay fine: ASCII, any script (with its combining marks and
+# joiners), emoji sequences, ':'.
+USABLE_SUBS = [
+    "alice",
+    "o'brien;id:42",
+    "x" * 128,
+    "Zoë",
+    "игрок",
+    "玩家一号",
+    "プレイヤー",
+    "لاعب",
+    "खिलाड़ी",
+    "می\u200cخواهم",  # Persian: a zero width non-joiner inside a word
+    "\U0001f469\u200d\U0001f4bb",  # woman technologist: a zero width joiner sequence
+    "\U0001f44d\U0001f3fd",  # thumbs up, medium skin tone
+    "\U0001f3f3\ufe0f\u200d\U0001f308",  # rainbow flag
+    "\U0001f3f4\U000e0067\U000e0062\U000e0073\U000e0063\U000e0074\U000e007f",  # flag of Scotland (tags)
+    "\U0001fae8",  # shaking face (Unicode 15, newer than some Pythons' character database)
+]
+
+
+@pytest.mark.parametrize("sub", UNUSABLE_SUBS.values(), ids=UNUSABLE_SUBS.keys())
+def test_a_sub_that_is_not_a_printable_id_is_refused_at_the_door(
+    sub: str, app: Flask, board_state: Callable[[], Any]
+) -> None:
+    before = board_state()
+    response = post(app, make_token(sub))
+    assert response.status_code == 401
+    assert response.get_json()["error"]["code"] == "invalid_token"
+    assert board_state() == before
+    with app.app_context(), pytest.raises(ValueError, match="printable characters"):
+        mint_token(sub, timedelta(minutes=5))
+
+
+def test_ids_of_any_script_and_emoji_stay_usable(app: Flask) -> None:
+    for sub in USABLE_SUBS:
+        response = post(app, make_token(sub))
+        assert response.status_code == 200, (sub, response.get_json())
+        assert response.get_json()["userId"] == sub
+        with app.app_context():
+            assert pyjwt.decode(mint_token(sub, timedelta(minutes=5)), JWT_SECRET, algorithms=["HS256"])["sub"] == sub
+
+
+def test_a_token_that_lives_longer_than_jwt_max_lifetime_is_refused(
+    make_app: Callable[..., Flask], board_state: Callable[[], Any]
+) -> None:
+    app = make_app(JWT_MAX_LIFETIME="1h")
+    now = datetime.now(UTC)
+    assert post(app, make_token("alice", exp=now + timedelta(minutes=59))).status_code == 200
+    half_spent = make_token("alice", iat=now - timedelta(minutes=30), exp=now + timedelta(minutes=30))
+    assert post(app, half_spent).status_code == 200
+    before = board_state()
+    for token in (
+        make_token("alice", exp=2**70),  # as good as never expires
+        make_token("alice", exp=now + timedelta(days=365)),
+        make_token("alice", iat=None, exp=now + timedelta(hours=2)),  # no iat: measured from now
+        make_token("alice", iat=now - timedelta(hours=2), exp=now + timedelta(minutes=5)),  # issued for 2 h 5 min
+    ):
+        response = post(app, token)
+        assert response.status_code == 401
+        assert response.get_json()["error"]["code"] == "invalid_token"
+    assert board_state() == before
+
+
+def test_the_default_max_lifetime_is_a_week_and_off_lifts_it(make_app: Callable[..., Flask]) -> None:
+    now = datetime.now(UTC)
+    assert post(make_app(), make_token("alice", exp=now + timedelta(days=6))).status_code == 200
+    assert post(make_app(), make_token("alice", exp=now + timedelta(days=8))).status_code == 401
+    assert post(make_app(JWT_MAX_LIFETIME="off"), make_token("alice", exp=2**70)).status_code == 200
+
+
+def test_the_token_command_refuses_a_lifetime_over_the_max(make_app: Callable[..., Flask]) -> None:
+    runner = make_app(JWT_MAX_LIFETIME="1d").test_cli_runner()
+    assert runner.invoke(args=["token", "alice", "--expires", "1d"]).exit_code == 0
+    result = runner.invoke(args=["token", "alice", "--expires", "25h"])
+    assert result.exit_code != 0
+    assert "longer than JWT_MAX_LIFETIME (1d)" in result.output
+    unlimited = make_app(JWT_MAX_LIFETIME="off").test_cli_runner()
+    assert unlimited.invoke(args=["token", "alice", "--expires", "365d"]).exit_code == 0

@@ -241,6 +241,10 @@ def test_a_site_not_in_frame_ancestors_cannot_embed_the_page(
     with tab.page.expect_console_message(lambda message: "frame-ancestors" in message.text):
         tab.page.goto(stranger.embedding(f"{board.url}/"))
     expect(tab.page.frame_locator("iframe").locator("#board")).to_have_count(0)
+    # Not an empty frame: Chromium puts its "refused to connect" error page there (as the README says).
+    [frame] = tab.page.main_frame.child_frames
+    assert frame.url.startswith("chrome-error://")
+    expect(tab.page.frame_locator("iframe").locator("body")).to_contain_text("refused to connect")
 
 
 @pytest.mark.e2e

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from datetime import UTC, datetime
+from pathlib import Path
 
 import jwt as pyjwt
 import redis
@@ -70,3 +71,34 @@ def test_prune_deletes_only_expired_keys(app: Flask, engine: Engine) -> None:
     assert "deleted 1 " in result.output
     with engine.connect() as conn:
         assert conn.execute(text("SELECT key FROM idempotency_keys")).scalars().all() == ["new"]
+
+
+def make_token(user_id: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`make token USER_ID=...` as a shell script would run it (the id is one argv word)."""
+    return subprocess.run(
+        ["make", "--no-print-directory", "token", f"USER_ID={user_id}", "EXPIRES=15m"],
+        cwd=ROOT,
+        env=service_env(env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_make_token_passes_the_user_id_to_the_cli_as_it_is(base_env: dict[str, str], tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    # Shell and make syntax alike reach the CLI as plain text: never run, never dropped.
+    for user_id in (f"$(touch${{IFS}}{marker})", f"`touch${{IFS}}{marker}`", "o'brien;id", "-x", "$(USER_ID)"):
+        result = make_token(user_id, base_env)
+        assert result.returncode == 0, result.stderr
+        assert pyjwt.decode(result.stdout.strip(), JWT_SECRET, algorithms=["HS256"])["sub"] == user_id
+    assert not marker.exists()
+
+
+def test_make_token_refuses_a_bad_user_id_with_the_clis_own_message(base_env: dict[str, str]) -> None:
+    for user_id in ("x;echo INJECTED", "a b", "x'; echo INJECTED; '"):
+        result = make_token(user_id, base_env)
+        assert result.returncode != 0
+        assert "INJECTED" not in result.stdout
+        assert "user id must be 1 to 128 printable characters without spaces" in result.stderr
+        assert "unexpected extra argument" not in result.stderr

@@ -5,12 +5,18 @@ from __future__ import annotations
 import io
 import json
 import logging
+import runpy
 import sys
+from datetime import timedelta
 
+import pytest
 from flask import Flask
+from gunicorn.config import Config
+from gunicorn.http.wsgi import Response
 
 from config.logs import JsonFormatter
 from tests.conftest import auth
+from tests.servers import ROOT
 
 
 def test_the_callers_request_id_comes_back_and_a_new_one_is_made_otherwise(app: Flask) -> None:
@@ -57,3 +63,30 @@ def test_exceptions_are_logged_as_one_json_line() -> None:
     parsed = json.loads(line)
     assert parsed["msg"] == "failed here"
     assert "ValueError: boom" in parsed["exc"]
+
+
+def test_gunicorns_access_line_has_the_status_of_gunicorns_own_answers(capsys: pytest.CaptureFixture[str]) -> None:
+    """gunicorn's error path logs a Response with only `status` ("400 Bad Request"), no
+    `status_code`: the access line still gets its status instead of a crash (and a 500)."""
+    conf = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
+    cfg = Config()
+    cfg.set("accesslog", "-")
+    logger = conf["JsonLogger"](cfg)
+    response = Response(None, None, cfg)
+    response.status = "400 Bad Request"
+    logger.access(response, None, {"REQUEST_METHOD": "POST", "PATH_INFO": "/score"}, timedelta(milliseconds=2))
+    [line] = capsys.readouterr().out.splitlines()
+    assert json.loads(line) | {"ts": None} == {
+        "ts": None,
+        "level": "INFO",
+        "logger": "gunicorn.access",
+        "msg": "request",
+        "remote": None,
+        "method": "POST",
+        "path": "/score",
+        "status": 400,
+        "bytes": 0,
+        "duration_ms": 2.0,
+        "request_id": None,
+        "user_agent": None,
+    }

@@ -22,6 +22,7 @@ from config.settings import Settings
 from tests.conftest import auth
 
 SERVICES = {"increment": create_increment_app, "board": create_board_app}
+JSON = {"Content-Type": "application/json"}
 
 
 def routes(app: Flask) -> set[tuple[str, str]]:
@@ -44,6 +45,19 @@ def test_the_document_describes_exactly_the_routes_the_service_has(
     assert document["openapi"].startswith("3.")
     documented = {(method, path) for path, item in document["paths"].items() for method in item}
     assert documented == routes(app)
+
+
+def test_the_score_is_documented_as_an_integer_literal_as_the_server_takes_it(make_app: Callable[..., Flask]) -> None:
+    """`type: integer` alone lets 40698.0 through, which the server refuses: the document says so."""
+    client = make_app().test_client()
+    score = client.get("/openapi.json").get_json()["components"]["schemas"]["ScoreSubmission"]["properties"]["score"]
+    assert (score["type"], score["format"]) == ("integer", "int64")
+    for refused in ("1500.0", "1.5e3", '"1500"', "true"):
+        assert refused in score["description"]
+        response = client.post("/score", data=f'{{"score": {refused}}}', headers=auth() | JSON)
+        assert (response.status_code, response.get_json()["error"]["code"]) == (422, "invalid_score")
+    for example in score["examples"]:
+        assert client.post("/score", json={"score": example}, headers=auth()).status_code == 200
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +89,9 @@ FAST = settings(max_examples=40, deadline=None, suppress_health_check=list(Healt
 
 
 # JSON Schema counts 3832.0 as an integer; the contract does not (floats are
-# refused with a 422), so "schema-valid data is accepted" cannot hold for the
-# score. Every other check runs, the refusal of invalid data included.
+# refused with a 422, as the score's description says: no keyword of JSON
+# Schema can), so "schema-valid data is accepted" cannot hold for the score.
+# Every other check runs, the refusal of invalid data included.
 EXCLUDED = [positive_data_acceptance]
 
 

@@ -12,9 +12,11 @@ import json
 from typing import Any
 
 from werkzeug.datastructures import Headers
+from werkzeug.exceptions import ClientDisconnected
 from werkzeug.wrappers import Request
 
 from app.errors import (
+    IncompleteBody,
     InvalidBody,
     InvalidHeader,
     InvalidScore,
@@ -60,14 +62,23 @@ def _parse_int(literal: str) -> int | _Oversized:
 
 
 def read_body(request: Request, limit: int) -> bytes:
-    """The request body if it is at most `limit` bytes, chunked bodies included.
+    """The whole request body if it is at most `limit` bytes, chunked bodies included;
+    IncompleteBody when the client stopped sending before the body's end.
 
     The app reads at most `limit + 1` bytes (see MAX_CONTENT_LENGTH in
     config.settings); getting more than `limit` means the body is too large.
     """
-    body = request.get_data(cache=False)
+    try:
+        body = request.get_data(cache=False)
+    except ClientDisconnected:  # the connection ended inside a chunked body
+        raise IncompleteBody() from None
     if len(body) > limit:
         raise PayloadTooLarge(body_too_large_message(limit))
+    # Under gunicorn the stream ends quietly at a hang-up, however many bytes
+    # Content-Length promised (werkzeug trusts the server to end it), so a
+    # body cut short could still parse as a complete JSON document.
+    if request.content_length is not None and len(body) < request.content_length:
+        raise IncompleteBody()
     return body
 
 

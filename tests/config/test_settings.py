@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 
 import pytest
 
@@ -150,3 +151,27 @@ def test_env_example_lists_every_variable() -> None:
 )
 def test_frame_ancestors_become_a_valid_csp_source_list(given: str, used: str) -> None:
     assert Settings.from_env({"BOARD_FRAME_ANCESTORS": given}).board_frame_ancestors == used
+
+
+@pytest.mark.parametrize(
+    ("given", "lifetime"),
+    [
+        (None, timedelta(days=7)),
+        ("30s", timedelta(seconds=30)),
+        ("90", timedelta(seconds=90)),
+        ("15m", timedelta(minutes=15)),
+        ("1h", timedelta(hours=1)),
+        ("30d", timedelta(days=30)),
+        ("off", None),
+        ("OFF", None),
+    ],
+)
+def test_jwt_max_lifetime_takes_a_duration_or_off(given: str | None, lifetime: timedelta | None) -> None:
+    environ = {} if given is None else {"JWT_MAX_LIFETIME": given}
+    assert Settings.from_env(environ).jwt_max_lifetime == lifetime
+
+
+@pytest.mark.parametrize("given", ["0", "0s", "-1h", "7 days", "1w", "1.5h", "forever"])
+def test_a_bad_jwt_max_lifetime_stops_startup(given: str) -> None:
+    with pytest.raises(ConfigError, match="JWT_MAX_LIFETIME"):
+        Settings.from_env({"JWT_MAX_LIFETIME": given})
