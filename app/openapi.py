@@ -10,6 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from app.leaderboard.boards import BOARD_ID, TOP_N_MAX
+from app.leaderboard.ranks import PAGE_LIMIT_MAX
+from app.leaderboard.rules import OPERATORS, ORDERS
+from app.leaderboard.writes import MAX_BOARDS_AT_ONCE
 from config.settings import MAX_SAFE_TOTAL, Settings
 
 VERSION = "1.0.0"
@@ -27,6 +31,16 @@ def _json(schema: dict[str, Any], description: str, headers: dict[str, Any] | No
 def _error(description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
     return _json(_ERROR, description, headers)
 
+
+_BOARD_ID = {"type": "string", "pattern": BOARD_ID.pattern}
+_BOARD_PARAMETER = {
+    "name": "boardId",
+    "in": "path",
+    "required": True,
+    "description": "1 to 64 of A-Z a-z 0-9 _ . -",
+    "schema": _BOARD_ID,
+}
+_USER_PARAMETER = {"name": "userId", "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}}
 
 _RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before trying again.", "schema": {"type": "string"}}}
 _REQUEST_ID = {
@@ -78,16 +92,79 @@ def _schemas(settings: Settings) -> dict[str, Any]:
                 }
             },
         },
+        "BoardScoreSubmission": {
+            "type": "object",
+            "required": ["score"],
+            "additionalProperties": False,
+            "properties": {
+                "score": {
+                    "type": "integer",
+                    "format": "int64",
+                    "minimum": 0,
+                    "maximum": MAX_SAFE_TOTAL,
+                    "examples": [1500],
+                    "description": (
+                        "Within the board's scoreMin and scoreMax (422 invalid_score outside). A JSON integer "
+                        'literal: 1500.0, 1.5e3, "1500" and true are refused with 422 invalid_score.'
+                    ),
+                }
+            },
+        },
+        "ScoresSubmission": {
+            "type": "object",
+            "required": ["scores"],
+            "additionalProperties": False,
+            "properties": {
+                "scores": {
+                    "type": "object",
+                    "minProperties": 1,
+                    "maxProperties": MAX_BOARDS_AT_ONCE,
+                    "propertyNames": _BOARD_ID,
+                    "additionalProperties": {"type": "integer", "format": "int64", "minimum": 0},
+                    "description": "Board id to score, 1 to 20 boards: all recorded, or none.",
+                }
+            },
+        },
         "ScoreAccepted": {
             "type": "object",
-            "required": ["status", "userId", "score", "rank"],
+            "required": ["status", "userId", "score", "rank", "improved"],
             "additionalProperties": False,
             "properties": {
                 "status": {"const": "ok"},
                 "userId": {"type": "string"},
-                "score": {**score, "description": "The caller's new total."},
-                "rank": {**rank, "description": f"1-based rank, or null outside the top {settings.top_n}."},
+                "score": {**score, "description": "The caller's value on the board after the submission."},
+                "rank": {**rank, "description": "1-based rank, or null outside the board's top N."},
+                "improved": {"type": "boolean", "description": "Whether the submission changed the value."},
             },
+        },
+        "ScoresAccepted": {
+            "type": "object",
+            "required": ["status", "userId", "scores"],
+            "additionalProperties": False,
+            "properties": {
+                "status": {"const": "ok"},
+                "userId": {"type": "string"},
+                "scores": {
+                    "type": "object",
+                    "additionalProperties": {
+                        "type": "object",
+                        "required": ["score", "rank", "improved"],
+                        "additionalProperties": False,
+                        "properties": {"score": score, "rank": rank, "improved": {"type": "boolean"}},
+                    },
+                },
+            },
+        },
+        "Names": {
+            "type": "object",
+            "additionalProperties": {"type": "string", "minLength": 1, "maxLength": 64},
+            "description": "Display names of the users listed (when they have one): text, never markup.",
+        },
+        "Entry": {
+            "type": "object",
+            "required": ["rank", "userId", "score"],
+            "additionalProperties": False,
+            "properties": {"rank": {"type": "integer", "minimum": 1}, "userId": {"type": "string"}, "score": score},
         },
         "Leaderboard": {
             "type": "object",
@@ -95,20 +172,76 @@ def _schemas(settings: Settings) -> dict[str, Any]:
             "additionalProperties": False,
             "properties": {
                 "version": {"type": "integer", "minimum": 1},
-                "top": {
+                "top": {"type": "array", "maxItems": TOP_N_MAX, "items": {"$ref": "#/components/schemas/Entry"}},
+                "names": {"$ref": "#/components/schemas/Names"},
+            },
+        },
+        "Ranking": {
+            "type": "object",
+            "required": ["entries"],
+            "additionalProperties": False,
+            "properties": {
+                "count": {"type": "integer", "minimum": 0, "description": "Users on the board (pages, around)."},
+                "entries": {
                     "type": "array",
-                    "maxItems": settings.top_n,
-                    "items": {
-                        "type": "object",
-                        "required": ["rank", "userId", "score"],
-                        "additionalProperties": False,
-                        "properties": {
-                            "rank": {"type": "integer", "minimum": 1},
-                            "userId": {"type": "string"},
-                            "score": score,
-                        },
-                    },
+                    "maxItems": PAGE_LIMIT_MAX,
+                    "items": {"$ref": "#/components/schemas/Entry"},
                 },
+                "names": {"$ref": "#/components/schemas/Names"},
+            },
+        },
+        "Board": {
+            "type": "object",
+            "required": ["id", "title", "topN", "order", "operator", "scoreMin", "scoreMax", "reset", "timezone"],
+            "additionalProperties": False,
+            "properties": {
+                "id": _BOARD_ID,
+                "title": {"type": "string", "minLength": 1, "maxLength": 120},
+                "topN": {"type": "integer", "minimum": 1, "maximum": TOP_N_MAX},
+                "order": {"enum": list(ORDERS)},
+                "operator": {"enum": list(OPERATORS)},
+                "scoreMin": score,
+                "scoreMax": score,
+                "reset": {"type": "string"},
+                "timezone": {"type": "string"},
+                "period": {"type": "null", "description": "The current period (boards with a reset)."},
+            },
+        },
+        "BoardSettings": {
+            "type": "object",
+            "additionalProperties": False,
+            "description": (
+                "Any of a board's settings; those left out keep their value (or their default, on a new board). "
+                "order, operator, reset and timezone are fixed once the board has scores."
+            ),
+            "properties": {
+                "title": {"type": "string", "minLength": 1, "maxLength": 120},
+                "topN": {"type": "integer", "minimum": 1, "maximum": TOP_N_MAX},
+                "order": {"enum": list(ORDERS)},
+                "operator": {"enum": list(OPERATORS)},
+                "scoreMin": score,
+                "scoreMax": score,
+                "reset": {"enum": ["none"]},
+                "timezone": {"type": "string", "examples": ["UTC", "Europe/Berlin"]},
+            },
+        },
+        "Boards": {
+            "type": "object",
+            "required": ["boards"],
+            "additionalProperties": False,
+            "properties": {"boards": {"type": "array", "items": {"$ref": "#/components/schemas/Board"}}},
+        },
+        "Done": {
+            "type": "object",
+            "required": ["status"],
+            "description": "What was deleted, removed or erased.",
+            "properties": {
+                "status": {"enum": ["deleted", "removed", "erased"]},
+                "board": {"type": "string"},
+                "userId": {"type": "string"},
+                "boards": {"type": "array", "items": {"type": "string"}},
+                "idempotencyKeys": {"type": "integer", "minimum": 0},
+                "name": {"type": "boolean"},
             },
         },
         "UserRank": {
@@ -175,81 +308,193 @@ def _common_paths() -> dict[str, Any]:
     }
 
 
-def _increment_paths(settings: Settings) -> dict[str, Any]:
+_IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]+$"},
+}
+
+
+def _submission_errors(settings: Settings) -> dict[str, Any]:
     return {
-        "/score": {
-            "post": {
-                "summary": "Add to the caller's total.",
-                "description": (
-                    "The user is the token's `sub`. With an `Idempotency-Key`, a retry within 24 h "
-                    "gets the first answer again (with `Idempotent-Replayed: true`) and adds nothing."
-                ),
-                "operationId": "submitScore",
-                "security": [{"bearer": []}],
-                "parameters": [
+        "400": _error(
+            "Malformed JSON (malformed_json) or Idempotency-Key (invalid_header), HTTP framing "
+            "that cannot be trusted (malformed_request), or a body that ended early (incomplete_body)."
+        ),
+        "401": _error("Missing, invalid or expired token."),
+        "404": _error("No such board (board_not_found); nothing changed."),
+        "413": _error(f"Body over {settings.max_content_length} bytes (body_too_large)."),
+        "415": _error("Not application/json in UTF-8 (unsupported_media_type)."),
+        "422": _error(
+            "Not the body described (invalid_body), a score outside the board's bounds (invalid_score), a total "
+            "that would pass 2^53 - 1 (total_limit_exceeded), or the Idempotency-Key used with another body "
+            "(idempotency_conflict)."
+        ),
+        "429": _error("Over RATE_LIMIT_PER_USER (rate_limited).", _RETRY_AFTER),
+        "503": _error("The database is unavailable (database_unavailable).", _RETRY_AFTER),
+    }
+
+
+def _submit(settings: Settings, operation_id: str, body: str, summary: str, parameters: list[Any]) -> dict[str, Any]:
+    return {
+        "post": {
+            "summary": summary,
+            "description": (
+                "The user is the token's `sub`; a `name` claim (JWT_NAME_CLAIM) becomes their display name. "
+                "With an `Idempotency-Key`, a retry within 24 h gets the first answer again (with "
+                "`Idempotent-Replayed: true`) and changes nothing."
+            ),
+            "operationId": operation_id,
+            "security": [{"bearer": []}],
+            "parameters": [*parameters, _IDEMPOTENCY_KEY, _REQUEST_ID],
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{body}"}}},
+            },
+            "responses": {
+                "200": _json(
                     {
-                        "name": "Idempotency-Key",
-                        "in": "header",
-                        "required": False,
-                        "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]+$"},
+                        "$ref": "#/components/schemas/ScoresAccepted"
+                        if body == "ScoresSubmission"
+                        else "#/components/schemas/ScoreAccepted"
                     },
-                    _REQUEST_ID,
-                ],
-                "requestBody": {
-                    "required": True,
-                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ScoreSubmission"}}},
+                    "Recorded; the value after it, the rank, whether it changed.",
+                ),
+                **_submission_errors(settings),
+            },
+        }
+    }
+
+
+def _admin(method: str, operation_id: str, summary: str, answer: str, **extra: Any) -> dict[str, Any]:
+    responses = {
+        "200": _json({"$ref": f"#/components/schemas/{answer}"}, "Done."),
+        "401": _error("Missing, invalid or expired token."),
+        "403": _error("The token does not carry the admin role (forbidden)."),
+        "503": _error("The database is unavailable (database_unavailable).", _RETRY_AFTER),
+        **extra.pop("responses", {}),
+    }
+    return {
+        method: {
+            "summary": summary,
+            "operationId": operation_id,
+            "security": [{"bearer": []}],
+            "parameters": [*extra.pop("parameters", []), _REQUEST_ID],
+            "responses": responses,
+            **extra,
+        }
+    }
+
+
+def _increment_paths(settings: Settings) -> dict[str, Any]:
+    not_found = _error("No such board (board_not_found).")
+    return {
+        "/score": _submit(
+            settings, "submitScore", "ScoreSubmission", "Add to the caller's total on the default board.", []
+        ),
+        "/boards/{boardId}/score": _submit(
+            settings,
+            "submitBoardScore",
+            "BoardScoreSubmission",
+            "Submit a score to a board: added, kept if best, or set, by the board's operator.",
+            [_BOARD_PARAMETER],
+        ),
+        "/scores": _submit(
+            settings, "submitScores", "ScoresSubmission", "Submit scores to several boards at once: all or none.", []
+        ),
+        "/admin/boards": _admin("get", "listBoards", "Every board's settings.", "Boards"),
+        "/admin/boards/{boardId}": {
+            **_admin(
+                "put",
+                "putBoard",
+                "Create a board (201) or change its settings (200).",
+                "Board",
+                parameters=[_BOARD_PARAMETER],
+                requestBody={
+                    "required": False,
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/BoardSettings"}}},
                 },
-                "responses": {
-                    "200": _json({"$ref": "#/components/schemas/ScoreAccepted"}, "Added; the new total and rank."),
-                    "400": _error(
-                        "Malformed JSON (malformed_json) or Idempotency-Key (invalid_header), HTTP framing "
-                        "that cannot be trusted (malformed_request), or a body that ended early (incomplete_body)."
-                    ),
-                    "401": _error("Missing, invalid or expired token."),
+                responses={
+                    "201": _json({"$ref": "#/components/schemas/Board"}, "Created."),
+                    "400": _error("Malformed JSON (malformed_json) or HTTP framing (malformed_request)."),
+                    "409": _error("A rule of a board that has scores, or of the default board (board_immutable)."),
                     "413": _error(f"Body over {settings.max_content_length} bytes (body_too_large)."),
                     "415": _error("Not application/json in UTF-8 (unsupported_media_type)."),
-                    "422": _error(
-                        'Not exactly {"score": <integer in range>} (invalid_body, invalid_score), the total would '
-                        "pass 2^53 - 1 (total_limit_exceeded), or the Idempotency-Key was used with another score "
-                        "(idempotency_conflict)."
-                    ),
-                    "429": _error("Over RATE_LIMIT_PER_USER (rate_limited).", _RETRY_AFTER),
-                    "503": _error("The database is unavailable (database_unavailable).", _RETRY_AFTER),
+                    "422": _error("Settings that cannot be (invalid_board, invalid_body)."),
                 },
-            }
-        }
+            ),
+            **_admin(
+                "delete",
+                "deleteBoard",
+                "Delete a board with its scores; its viewers are told to go.",
+                "Done",
+                parameters=[_BOARD_PARAMETER],
+                responses={"404": not_found, "409": _error("The default board (board_protected).")},
+            ),
+        },
+        "/admin/boards/{boardId}/users/{userId}": _admin(
+            "delete",
+            "removeEntry",
+            "Remove one user's entry from a board (a cheater): the next user moves up at once.",
+            "Done",
+            parameters=[_BOARD_PARAMETER, _USER_PARAMETER],
+            responses={"404": _error("No such board (board_not_found), or no score of the user (user_not_found).")},
+        ),
+        "/admin/users/{userId}": _admin(
+            "delete",
+            "eraseUser",
+            "Erase a user from every board, with their name and idempotency records.",
+            "Done",
+            parameters=[_USER_PARAMETER],
+            responses={"404": _error("Not a user id (user_not_found).")},
+        ),
     }
 
 
 def _board_paths() -> dict[str, Any]:
     auth_note = " Needs the token when BOARD_REQUIRE_AUTH is on."
     unauthorized = _error("No usable token (only with BOARD_REQUIRE_AUTH).")
-    return {
-        "/": {
+    not_found = _error("No such board (board_not_found).")
+    query = [
+        ("offset", {"type": "integer", "minimum": 0}, "Entries from rank offset + 1 (with limit; count added)."),
+        ("limit", {"type": "integer", "minimum": 1, "maximum": PAGE_LIMIT_MAX}, "How many entries (default 10)."),
+        ("around", {"type": "string", "minLength": 1}, "limit entries with this user in the middle."),
+        ("users", {"type": "string", "minLength": 1}, "Up to 100 user ids, by commas: their entries in rank order."),
+    ]
+
+    def page(board: list[Any]) -> dict[str, Any]:
+        return {
             "get": {
                 "summary": "The embeddable live board page.",
-                "operationId": "boardPage",
+                "operationId": "boardPage" + ("OfBoard" if board else ""),
                 "parameters": [
+                    *board,
                     {"name": "n", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 1}},
                     {"name": "title", "in": "query", "required": False, "schema": {"type": "string"}},
                     {"name": "theme", "in": "query", "required": False, "schema": {"enum": ["light", "dark"]}},
                 ],
                 "responses": {
-                    "200": {"description": "HTML.", "content": {"text/html": {"schema": {"type": "string"}}}}
+                    "200": {"description": "HTML.", "content": {"text/html": {"schema": {"type": "string"}}}},
+                    "404": not_found,
                 },
             }
-        },
-        "/events": {
+        }
+
+    def events(board: list[Any]) -> dict[str, Any]:
+        return {
             "get": {
                 "summary": "The live board as Server-Sent Events." + auth_note,
                 "description": (
                     "`retry:` on connect, then the current board (unless `Last-Event-ID` is its version), then every "
                     'newer board as `id: <version>` + `data: {"type":"update","top":[[userId, score]],'
-                    '"version":N,"ts":T}`, and `: ping` at least every 15 s. Over a cap or while draining: '
-                    "a `retry:` hint and the end of the stream."
+                    '"version":N,"ts":T}` (plus `names` when users have display names), and `: ping` at least '
+                    "every 15 s. Over a cap, while draining, or when the board is deleted: a `retry:` hint and "
+                    "the end of the stream."
                 ),
-                "operationId": "events",
+                "operationId": "events" + ("OfBoard" if board else ""),
                 "parameters": [
+                    *board,
                     {"name": "Last-Event-ID", "in": "header", "required": False, "schema": {"type": "string"}},
                     _REQUEST_ID,
                 ],
@@ -259,53 +504,93 @@ def _board_paths() -> dict[str, Any]:
                         "content": {"text/event-stream": {"schema": {"type": "string"}}},
                     },
                     "401": unauthorized,
+                    "404": not_found,
                 },
             }
-        },
-        "/leaderboard": {
+        }
+
+    def leaderboard(board: list[Any]) -> dict[str, Any]:
+        return {
             "get": {
-                "summary": "The current board." + auth_note,
-                "operationId": "leaderboard",
+                "summary": "The current board, or a ranking from SQL (offset, around or users)." + auth_note,
+                "operationId": "leaderboard" + ("OfBoard" if board else ""),
                 "parameters": [
+                    *board,
+                    *(
+                        {"name": name, "in": "query", "required": False, "schema": schema, "description": text}
+                        for name, schema, text in query
+                    ),
                     {"name": "If-None-Match", "in": "header", "required": False, "schema": {"type": "string"}},
                     _REQUEST_ID,
                 ],
                 "responses": {
                     "200": _json(
-                        {"$ref": "#/components/schemas/Leaderboard"},
-                        "The board.",
+                        {
+                            "oneOf": [
+                                {"$ref": "#/components/schemas/Leaderboard"},
+                                {"$ref": "#/components/schemas/Ranking"},
+                            ]
+                        },
+                        "The board (with an ETag), or the ranking asked for.",
                         {"ETag": {"description": "The board version, quoted.", "schema": {"type": "string"}}},
                     ),
                     "304": {"description": "Unchanged since the ETag given."},
+                    "400": _error("More than one of offset, around and users, or a bad value (invalid_query)."),
                     "401": unauthorized,
-                    "503": _error("No board available yet (Redis down since start).", _RETRY_AFTER),
+                    "404": _error("No such board (board_not_found), or around a user with no score (user_not_found)."),
+                    "503": _error("No board available yet, or the database is unavailable.", _RETRY_AFTER),
                 },
             }
-        },
-        "/leaderboard/users/{userId}": {
+        }
+
+    def user_rank(board: list[Any]) -> dict[str, Any]:
+        return {
             "get": {
-                "summary": "A user's total and exact rank, also outside the top N." + auth_note,
-                "operationId": "userRank",
-                "parameters": [
-                    {"name": "userId", "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}},
-                    _REQUEST_ID,
-                ],
+                "summary": "A user's value and exact rank, also outside the top N." + auth_note,
+                "operationId": "userRank" + ("OfBoard" if board else ""),
+                "parameters": [*board, _USER_PARAMETER, _REQUEST_ID],
                 "responses": {
                     "200": _json({"$ref": "#/components/schemas/UserRank"}, "The user's standing."),
                     "401": unauthorized,
-                    "404": _error("No score for this user (user_not_found)."),
+                    "404": _error("No such board (board_not_found), or no score for this user (user_not_found)."),
                     "503": _error("The database is unavailable.", _RETRY_AFTER),
                 },
             }
+        }
+
+    return {
+        "/": page([]),
+        "/events": events([]),
+        "/leaderboard": leaderboard([]),
+        "/leaderboard/users/{userId}": user_rank([]),
+        "/boards": {
+            "get": {
+                "summary": "Every board's settings and current period." + auth_note,
+                "operationId": "boards",
+                "parameters": [_REQUEST_ID],
+                "responses": {
+                    "200": _json({"$ref": "#/components/schemas/Boards"}, "The boards."),
+                    "401": unauthorized,
+                },
+            }
         },
+        "/boards/{boardId}/": page([_BOARD_PARAMETER]),
+        "/boards/{boardId}/events": events([_BOARD_PARAMETER]),
+        "/boards/{boardId}/leaderboard": leaderboard([_BOARD_PARAMETER]),
+        "/boards/{boardId}/users/{userId}": user_rank([_BOARD_PARAMETER]),
         "/stats": {
             "get": {
-                "summary": "This worker's own numbers (viewers, frames, reconnects)." + auth_note,
+                "summary": "This worker's own numbers (viewers, boards, frames, reconnects), for admins.",
                 "operationId": "stats",
+                "security": [{"bearer": []}],
                 "parameters": [
                     {"name": "greenlets", "in": "query", "required": False, "schema": {"enum": ["0", "1"]}},
                 ],
-                "responses": {"200": _json({"type": "object"}, "Numbers."), "401": unauthorized},
+                "responses": {
+                    "200": _json({"type": "object"}, "Numbers."),
+                    "401": _error("Missing, invalid or expired token."),
+                    "403": _error("The token does not carry the admin role (forbidden)."),
+                },
             }
         },
     }

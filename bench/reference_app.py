@@ -1,10 +1,11 @@
 """The ceiling reference for write throughput: the same work as POST /score, and nothing else.
 
-One JWT check (HS256, exp required), the same SQL upsert, in autocommit
-(app.submissions' statement) and the same Redis script (BoardCache.apply), under the same gunicorn and
-gevent settings. No body validation, no idempotency, no rank, no rate limit,
-no metrics, no request id, no error envelope. `make bench` serves it beside
-the real service so the cost of everything we add shows as a ratio.
+One JWT check (HS256, exp required), the same SQL upsert in autocommit
+(app.leaderboard.records' statement for an `incr` board) and the same Redis
+script (BoardCache.apply), under the same gunicorn and gevent settings. No
+body validation, no idempotency, no rank, no rate limit, no metrics, no
+request id, no error envelope, no batching. `make bench` serves it beside the
+real service so the cost of everything we add shows as a ratio.
 
     gunicorn -c gunicorn.conf.py --bind 127.0.0.1:8100 bench.reference_app:app
 """
@@ -15,20 +16,21 @@ import json
 
 import jwt
 import redis
-from app.submissions import Statements
 from flask import Flask, request
 from sqlalchemy import create_engine
 
-from app.leaderboard import Board, BoardCache, Standing
+from app.leaderboard import BoardCache, BoardDefaults, BoardRegistry, Standing, records
 from config.settings import Settings
 
 settings = Settings.from_env()
 engine = create_engine(settings.database_url, **settings.flask_config()["SQLALCHEMY_ENGINE_OPTIONS"])
-cache = BoardCache(
-    redis.Redis.from_url(settings.redis_url, decode_responses=True),
-    Board(settings.leaderboard_id, settings.top_n, settings.redis_channel, settings.score_max_increment),
+cache = BoardCache(redis.Redis.from_url(settings.redis_url, decode_responses=True))
+registry = BoardRegistry(
+    engine,
+    BoardDefaults(settings.leaderboard_id, settings.redis_channel, settings.top_n, settings.score_max_increment),
 )
-UPSERT = Statements.for_engine(engine).upsert
+board, _ = registry.ensure_default()
+UPSERT = records.statement_for(engine, records._UPSERT, board)
 app = Flask("reference")
 
 
@@ -41,14 +43,13 @@ def post_score() -> tuple[str, int]:
     try:
         pooled.dbapi_connection.autocommit = True
         cursor = pooled.cursor()
-        cursor.execute(UPSERT, {"board": cache.board.name, "user_id": claims["sub"], "increment": score,
-                                "max_total": cache.board.max_total})  # fmt: skip
-        total, reached_at, rank_key = cursor.fetchone()
+        cursor.execute(UPSERT, {"board": board.id, "uid": board.uid, "user_id": claims["sub"], "value": score})
+        total, reached_at, rank_key, version = cursor.fetchone()
         pooled.dbapi_connection.autocommit = False
     finally:
         pooled.close()
-    standing = Standing(claims["sub"], total, reached_at, rank_key)
-    cache.apply([standing], mode="merge", updated=standing)
+    standing = Standing(claims["sub"], total, reached_at, version, rank_key=rank_key)
+    cache.apply(board, [standing], mode="merge", updated=standing)
     return json.dumps({"status": "ok", "score": total}), 200
 
 

@@ -49,10 +49,45 @@ def _floors(results: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
     if "end_to_end" in results:
         e2e = results["end_to_end"]
         rows.append(("end to end p99 ≤ 300 ms", f"p99 {e2e['p99_ms']:.0f} ms", e2e["p99_ms"] <= 300))
+    if "spread_writes" in results:
+        spread = results["spread_writes"]
+        rows.append(
+            (
+                f"writes over {spread['boards']:,} boards within 10% of one board's, {spread['connections']} connections",
+                f"{spread['spread']['rps']:,.0f}/s against {spread['single']['rps']:,.0f} and"
+                f" {spread['single_after']['rps']:,.0f}/s: {spread['ratio']:.2f}",
+                spread["ratio"] >= 0.9,
+            )
+        )
+    if "board_crowd" in results:
+        crowd = results["board_crowd"]
+        rows.append(
+            (
+                f"{crowd['viewers']:,} viewers over {crowd['boards']} boards on one worker, {crowd['rate']:g} changes/s"
+                " in all: p99 ≤ 250 ms, every viewer at its board's final version",
+                f"p99 {crowd['p99_ms']:.0f} ms, {crowd['at_final']:,}/{crowd['viewers']:,} at final",
+                crowd["p99_ms"] <= 250 and crowd["at_final"] == crowd["viewers"],
+            )
+        )
     if "ranks" in results:
         ranks = results["ranks"]
-        rows.append(("rank lookup p99 ≤ 20 ms", f"p99 {_ms(ranks['p99_us'])} ms", ranks["p99_us"] <= 20_000))
+        for query, result in ranks.get("queries", {"rank": ranks}).items():
+            rows.append(
+                (
+                    f"{RANK_QUERY_NAMES.get(query, query)} on {ranks['users']:,} users: p99 ≤ 20 ms",
+                    f"p99 {_ms(result['p99_us'])} ms, {result['status_errors']} not 2xx",
+                    result["p99_us"] <= 20_000 and result["status_errors"] == 0,
+                )
+            )
     return rows
+
+
+RANK_QUERY_NAMES = {
+    "rank": "a user's rank (`/leaderboard/users/<id>`)",
+    "page": "a page (`?offset=&limit=10`)",
+    "around": "around a user (`?around=&limit=10`)",
+    "friends": "100 friends (`?users=`)",
+}
 
 
 def _per_write(run: dict[str, Any], cpu: str) -> str:
@@ -198,6 +233,28 @@ def write_report(
                 f" {errors[0]} / {errors[1]} | {ours['timeouts']} / {ref['timeouts']} |"
             )
         lines += ["", f"Command: `{writes['rows'][0]['ours']['command']}`"]
+    spread = results.get("spread_writes")
+    if spread:
+        runs = [("one board", spread["single"]), (f"{spread['boards']:,} boards", spread["spread"]),
+                ("one board again", spread["single_after"])]  # fmt: skip
+        lines += [
+            "",
+            f"### Writes spread over {spread['boards']:,} boards",
+            "",
+            f"The same service and tokens, {spread['connections']} connections: `POST /boards/<random of"
+            f" {spread['boards']:,}>/score` (`bench/wrk/boards.lua`) between two runs of `POST /score` on the default"
+            f" board. {spread['boards_written']:,} boards got writes. Ratio: spread over the mean of the two single-board runs.",
+            "",
+            "| run | req/s | p50 ms | p99 ms | errors |",
+            "|---|---|---|---|---|",
+            *(
+                f"| {name} | {run['rps']:,.0f} | {_ms(run['p50_us'])} | {_ms(run['p99_us'])} |"
+                f" {run['status_errors'] + run['connect_errors'] + run['read_errors'] + run['timeouts']} |"
+                for name, run in runs
+            ),
+            "",
+            f"Ratio: {spread['ratio']:.2f}.",
+        ]
 
     def fanout_table(rows: list[dict[str, Any]]) -> list[str]:
         table = [
@@ -229,6 +286,19 @@ def write_report(
             "",
             *fanout_table(results["fanout"]),
         ]
+    if results.get("board_crowd"):
+        crowd = results["board_crowd"]
+        lines += [
+            "",
+            f"### Many boards: {crowd['viewers']:,} viewers over {crowd['boards']} boards on one worker",
+            "",
+            f"Viewer i watches board i mod {crowd['boards']} (`/boards/<id>/events`); the boards change in turn,"
+            f" {crowd['rate']:g} changes a second in all, each a real submission (SQL, then the Lua script).",
+            "Every viewer must reach its own board's final version; the worker holds one Redis subscription",
+            "connection for all the boards.",
+            "",
+            *fanout_table([crowd]),
+        ]
     if results.get("flask_sse"):
         lines += [
             "",
@@ -258,18 +328,24 @@ def write_report(
         ]
     if "ranks" in results:
         ranks = results["ranks"]
+        queries = ranks.get("queries", {"rank": ranks})
         lines += [
             "",
-            "## 4. Rank lookup",
+            "## 4. Ranks and ranking queries",
             "",
-            f"`GET /leaderboard/users/<random user>` on a board of {ranks['users']:,} users (bulk-loaded in"
-            f" {ranks['load_seconds']:.0f} s with the trigger off, then `flask compact-ranks`: {ranks['compaction']}),",
-            f"wrk with 4 connections for {ranks['duration_us'] / 1e6:.0f} s against the board service (one worker per core).",
+            f"A board of {ranks['users']:,} users (bulk-loaded in {ranks['load_seconds']:.0f} s with the trigger off,"
+            f" then `flask compact-ranks`: {ranks['compaction']}), wrk with 4 connections for"
+            f" {ranks['duration_us'] / 1e6:.0f} s per query against the board service (one worker per core),"
+            " `bench/wrk/rank.lua`: random users; pages at random offsets, a twentieth of them past the end;",
+            "windows of 10 around a random user; friends lists of 100 ids of which a tenth have no score.",
             "",
-            "| requests/s | p50 ms | p90 ms | p99 ms | errors |",
-            "|---|---|---|---|---|",
-            f"| {ranks['rps']:,.0f} | {_ms(ranks['p50_us'])} | {_ms(ranks['p90_us'])} | {_ms(ranks['p99_us'])} |"
-            f" {ranks['status_errors'] + ranks['timeouts']} |",
+            "| query | requests/s | p50 ms | p90 ms | p99 ms | errors |",
+            "|---|---|---|---|---|---|",
+            *(
+                f"| {RANK_QUERY_NAMES.get(query, query)} | {run['rps']:,.0f} | {_ms(run['p50_us'])} |"
+                f" {_ms(run['p90_us'])} | {_ms(run['p99_us'])} | {run['status_errors'] + run['timeouts']} |"
+                for query, run in queries.items()
+            ),
         ]
     if befores:
         lines += _before_and_after(befores, results)

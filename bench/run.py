@@ -35,10 +35,13 @@ from typing import Any
 import jwt
 import psycopg2
 import redis
+from sqlalchemy import create_engine
 
-from app.leaderboard import Board, BoardCache, BoardKeys, Standing
+from app.leaderboard import Board, BoardCache, BoardDefaults, BoardKeys, BoardRegistry, Submitted
+from app.leaderboard.writes import submit_score
 from bench.report import write_report
 from bench.writer import paced
+from config.settings import normalize_database_url
 from tests.servers import ROOT, GunicornServer, flask_db_upgrade
 
 ADMIN_URL = os.environ.get("BENCH_ADMIN_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -64,6 +67,11 @@ class Sizes:
     e2e_seconds: float = 15.0
     rank_users: int = 1_000_000
     rank_seconds: int = 10
+    # Writes spread over many boards, beside the single board, at one connection count.
+    spread_boards: int = 1_000
+    spread_connections: int = 64
+    # Viewers spread over many boards on one worker, the changes spread over them too.
+    board_crowd: tuple[int, int, float] = (10_000, 100, 10.0)  # viewers, boards, changes a second in all
 
 
 SMOKE = Sizes(
@@ -80,6 +88,9 @@ SMOKE = Sizes(
     e2e_seconds=2.0,
     rank_users=2_000,
     rank_seconds=1,
+    spread_boards=20,
+    spread_connections=4,
+    board_crowd=(40, 4, 8.0),
 )
 
 
@@ -155,7 +166,9 @@ class Run:
             self.results["autovacuum"] = cur.fetchone()[0]
         try:
             flask_db_upgrade(self.env)
+            self.engine = create_engine(normalize_database_url(self.env["DATABASE_URL"]))
             yield
+            self.engine.dispose()
         finally:
             with admin.cursor() as cur:
                 cur.execute(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
@@ -170,6 +183,20 @@ class Run:
             f"{prefix}{i}": jwt.encode({"sub": f"{prefix}{i}", "exp": expires}, SECRET, algorithm="HS256")
             for i in range(users)
         }
+
+    def registry(self, default_id: str | None = None) -> BoardRegistry:
+        """The run's boards, as a service with LEADERBOARD_ID `default_id` sees them."""
+        defaults = BoardDefaults(
+            default_id=default_id or self.tag,
+            default_channel=self.env["REDIS_CHANNEL"],
+            top_n=10,
+            max_increment=1_000_000,
+        )
+        return BoardRegistry(self.engine, defaults)
+
+    def make_boards(self, prefix: str, count: int, **settings: Any) -> list[Board]:
+        registry = self.registry()
+        return [registry.put(f"{prefix}{i}", {"top_n": 10, **settings})[0] for i in range(count)]
 
     def serve(self, module: str, workers: int, **overrides: str) -> GunicornServer:
         return GunicornServer(module, {**self.env, **overrides}, workers=workers).start(timeout=60)
@@ -217,6 +244,8 @@ class Run:
                     row[name] = result
                 row["ratio"] = row["ours"]["rps"] / row["reference"]["rps"]
                 rows.append(row)
+                if connections == sizes.spread_connections:
+                    self.results["spread_writes"] = self.spread_writes(ours, token_file, row["ours"])
                 ours_row, reference_row = row["ours"], row["reference"]
                 print(
                     f"writes c={connections}: ours {ours_row['rps']:.0f}/s p99 {ours_row['p99_us'] / 1000:.1f} ms,"
@@ -228,10 +257,48 @@ class Run:
             reference.stop()
         self.results["writes"] = {"users": sizes.write_users, "seconds": sizes.write_seconds, "rows": rows}
 
+    def spread_writes(self, ours: GunicornServer, token_file: Path, single: dict[str, Any]) -> dict[str, Any]:
+        """The same writes spread over many boards (POST /boards/<id>/score), right after the single board's."""
+        sizes = self.sizes
+        self.make_boards(f"{self.tag}s", sizes.spread_boards)
+        prefix = f"{self.tag}s"
+        warm_up = 1 if sizes.write_seconds < 5 else 2
+        env = {"WRK_TOKENS": str(token_file), "WRK_BOARDS": str(sizes.spread_boards), "WRK_PREFIX": prefix}
+        self.wrk(ours.url, "boards.lua", sizes.spread_connections, warm_up, **env)
+        pids = worker_pids(ours)
+        cpu_before = sum(cpu_seconds(pid) for pid in pids)
+        spread = self.wrk(ours.url, "boards.lua", sizes.spread_connections, sizes.write_seconds, **env)
+        spread["server_cpu"] = (sum(cpu_seconds(pid) for pid in pids) - cpu_before) / sizes.write_seconds
+        again = self.wrk(
+            ours.url, "score.lua", sizes.spread_connections, sizes.write_seconds, WRK_TOKENS=str(token_file)
+        )
+        with self.engine.connect() as connection:
+            written = connection.exec_driver_sql(
+                "SELECT count(DISTINCT board) FROM scores WHERE board LIKE %s", (prefix + "%",)
+            ).scalar_one()
+        result = {
+            "boards": sizes.spread_boards,
+            "boards_written": written,
+            "connections": sizes.spread_connections,
+            "single": single,
+            "spread": spread,
+            "single_after": again,
+            "ratio": spread["rps"] / ((single["rps"] + again["rps"]) / 2),
+        }
+        print(
+            f"writes over {sizes.spread_boards} boards c={sizes.spread_connections}: {spread['rps']:.0f}/s"
+            f" p99 {spread['p99_us'] / 1000:.1f} ms; one board before/after {single['rps']:.0f}/{again['rps']:.0f}/s"
+            f" ({result['ratio']:.2f})",
+            flush=True,
+        )
+        return result
+
     # -- 2. fan-out -------------------------------------------------------
 
-    def crowd(self, url: str, count: int, sample: int, ready: str = "frame") -> list[subprocess.Popen[str]]:
-        """Viewer processes, split so that each holds at most 5,000 connections."""
+    def crowd(
+        self, url: str, count: int, sample: int, ready: str = "frame", boards: int = 1
+    ) -> list[subprocess.Popen[str]]:
+        """Viewer processes, split so that each holds at most 5,000 connections (viewer i on board i mod `boards`)."""
         parts = max(1, -(-count // 5000))
         processes = []
         for index in range(parts):
@@ -250,6 +317,8 @@ class Run:
                         str(sample),
                         "--ready",
                         ready,
+                        "--boards",
+                        str(boards),
                     ],
                     cwd=ROOT,
                     stdin=subprocess.PIPE,
@@ -263,17 +332,20 @@ class Run:
                 raise RuntimeError(f"viewers did not connect: {line!r}")
         return processes
 
-    def collect(self, processes: list[subprocess.Popen[str]], final: int) -> dict[str, Any]:
-        """End a round: every viewer process waits for `final`, then reports."""
+    def collect(self, processes: list[subprocess.Popen[str]], final: int | list[int]) -> dict[str, Any]:
+        """End a round: every viewer process waits for `final` (or its board's, from a list), then reports."""
+        finals = final if isinstance(final, list) else [final]
+        command = f"finals {','.join(map(str, finals))}" if isinstance(final, list) else f"final {final}"
         for process in processes:
             assert process.stdin is not None
-            process.stdin.write(f"final {final}\n")
+            process.stdin.write(command + "\n")
             process.stdin.flush()
         parts = [json.loads(process.stdout.readline()) for process in processes if process.stdout]
         versions = [version for part in parts for version in part["versions"]]
+        boards = [board for part in parts for board in part["boards"]]
         return {
             "viewers": len(versions),
-            "at_final": sum(1 for version in versions if version == final),
+            "at_final": sum(1 for version, board in zip(versions, boards, strict=True) if version == finals[board]),
             "open": sum(part["open"] for part in parts),
             "sampled": [frames for part in parts for frames in part["sampled"]],
             "generator_cpu_seconds": sum(part["cpu_seconds"] for part in parts),
@@ -291,14 +363,13 @@ class Run:
         for process in processes:
             process.wait(30)
 
-    def publish_changes(self, cache: BoardCache, rate: float, seconds: float, start_total: int) -> int:
-        """Change the board `rate` times a second through the real Lua script; returns the last version."""
-        total, version = start_total, 0
+    def publish_changes(self, cache: BoardCache, boards: list[Board], rate: float, seconds: float) -> list[int]:
+        """Change the boards, in turn, `rate` times a second in all, as submissions do (SQL, then the Lua
+        script); returns each board's last version."""
         for index in paced(max(1, int(rate * seconds)), rate):
-            total += 1
-            standing = Standing(f"player{index % 10}", total, datetime.now(UTC).replace(tzinfo=None))
-            version = cache.apply([standing], mode="merge", updated=standing).version or version
-        return version
+            board = boards[index % len(boards)]
+            submit_score(self.engine, cache, Submitted(board, f"player{index // len(boards) % 10}", 1 + index % 7))
+        return [int(cache.redis.get(board.keys.version) or 0) for board in boards]
 
     @staticmethod
     def latencies(sampled: list[list[list[Any]]], after: float) -> list[float]:
@@ -314,6 +385,7 @@ class Run:
         publish: Any,
         redis_connections: Any,
         subscribed: Any = None,
+        boards: int = 1,
     ) -> list[dict[str, Any]]:
         """Connect `count` viewers once, measure them idle, then one round per rate of board changes.
 
@@ -323,7 +395,7 @@ class Run:
         sample = max(1, count // 200)  # about 200 viewers time every frame
         time.sleep(1)
         rss_before = rss_kb(worker)
-        processes = self.crowd(url, count, sample, ready="frame" if subscribed is None else "connected")
+        processes = self.crowd(url, count, sample, ready="frame" if subscribed is None else "connected", boards=boards)
         deadline = time.monotonic() + 120
         while subscribed is not None and not subscribed(count) and time.monotonic() < deadline:
             time.sleep(0.2)
@@ -358,7 +430,8 @@ class Run:
                 )
                 row = rows[-1]
                 print(
-                    f"{url.rsplit('/', 1)[1]} {count} viewers at {rate:g}/s: p50 {row['p50_ms']:.0f} ms"
+                    f"{url.rsplit('/', 1)[1]} {count} viewers on {boards} board(s) at {rate:g}/s:"
+                    f" p50 {row['p50_ms']:.0f} ms"
                     f" p99 {row['p99_ms']:.0f} ms, {row['at_final']}/{count} at final,"
                     f" {row['rss_per_viewer_kb']:.1f} KB/viewer, {row['redis_connections']} Redis connections",
                     flush=True,
@@ -367,36 +440,61 @@ class Run:
         finally:
             self.dismiss(processes)
 
+    def our_connections(self, worker: int) -> int:
+        """The Redis connections a board worker holds (its clients are named `...-<pid>`)."""
+        return sum(1 for c in self.redis.client_list() if c.get("name", "").endswith(f"-{worker}"))
+
     def fanout(self) -> None:
         sizes = self.sizes
-        # A board of its own, with no rows in SQL: the changes go straight through the
-        # Lua script, and the keeper has nothing to reconcile them with.
-        name = f"{self.tag}fan"
-        board = self.serve("wsgi_board", workers=1, SSE_MAX_VIEWERS="12000", LEADERBOARD_ID=name)
-        cache = BoardCache(
-            redis.Redis.from_url(REDIS_URL, decode_responses=True),
-            Board(name, top_n=10, channel=self.env["REDIS_CHANNEL"], max_increment=10**6),
-        )
+        (fan,) = self.make_boards(f"{self.tag}fan", 1)
+        board = self.serve("wsgi_board", workers=1, SSE_MAX_VIEWERS="12000")
+        cache = BoardCache(redis.Redis.from_url(REDIS_URL, decode_responses=True))
         worker = worker_pids(board)[0]
         ours_rows: list[dict[str, Any]] = []
-        total = [0]
 
         def publish(rate: float, seconds: float) -> int:
-            version = self.publish_changes(cache, rate, seconds, total[0])
-            total[0] += int(rate * seconds) + 1
-            return version
-
-        def our_connections() -> int:
-            return sum(1 for c in self.redis.client_list() if c.get("name") == f"board-{worker}")
+            return self.publish_changes(cache, [fan], rate, seconds)[0]
 
         try:
             for count in sizes.viewer_counts:
                 rates = sizes.change_rates + ((sizes.floor_rate,) if count == max(sizes.viewer_counts) else ())
-                ours_rows += self.fanout_rounds(f"{board.url}/events", count, rates, worker, publish, our_connections)
+                ours_rows += self.fanout_rounds(
+                    f"{board.url}/boards/{fan.id}/events",
+                    count,
+                    rates,
+                    worker,
+                    publish,
+                    lambda: self.our_connections(worker),
+                )
         finally:
             board.stop()
             cache.redis.close()
         self.results["fanout"] = ours_rows
+
+    def board_crowd(self) -> None:
+        """Viewers of many boards on one worker, each board changing now and then."""
+        count, board_count, rate = self.sizes.board_crowd
+        prefix = f"{self.tag}crowd"
+        boards = self.make_boards(prefix, board_count)
+        server = self.serve("wsgi_board", workers=1, SSE_MAX_VIEWERS="12000")
+        cache = BoardCache(redis.Redis.from_url(REDIS_URL, decode_responses=True))
+        worker = worker_pids(server)[0]
+        for board in boards:  # every board has a frame before the viewers come
+            submit_score(self.engine, cache, Submitted(board, "player0", 1))
+        try:
+            rows = self.fanout_rounds(
+                f"{server.url}/boards/{prefix}{{board}}/events",
+                count,
+                (rate,),
+                worker,
+                lambda rate, seconds: self.publish_changes(cache, boards, rate, seconds),
+                lambda: self.our_connections(worker),
+                boards=board_count,
+            )
+        finally:
+            server.stop()
+            cache.redis.close()
+        self.results["board_crowd"] = {"boards": board_count, **rows[0]}
 
     def flask_sse(self) -> None:
         self.results["flask_sse"] = self.flask_sse_rows()
@@ -511,6 +609,7 @@ class Run:
     def ranks(self) -> None:
         sizes = self.sizes
         board = f"{self.tag}ranks"
+        self.registry(default_id=board).ensure_default()
         started = time.monotonic()
         connection = psycopg2.connect(self.env["DATABASE_URL"])
         with connection, connection.cursor() as cur:
@@ -534,21 +633,34 @@ class Run:
             capture_output=True, text=True, check=True,
         )  # fmt: skip
         server = self.serve("wsgi_board", workers=os.cpu_count() or 2, LEADERBOARD_ID=board)
+        queries = {}
         try:
-            self.wrk(server.url, "rank.lua", 4, 2, WRK_USERS=str(sizes.rank_users))  # warm up
-            result = self.wrk(server.url, "rank.lua", 4, sizes.rank_seconds, WRK_USERS=str(sizes.rank_users))
+            for query in RANK_QUERIES:
+                env = {"WRK_USERS": str(sizes.rank_users), "WRK_QUERY": query}
+                self.wrk(server.url, "rank.lua", 4, 2, **env)  # warm up
+                queries[query] = self.wrk(server.url, "rank.lua", 4, sizes.rank_seconds, **env)
+                result = queries[query]
+                print(
+                    f"ranks, {query}: p50 {result['p50_us'] / 1000:.1f} ms p99 {result['p99_us'] / 1000:.1f} ms"
+                    f" ({result['rps']:.0f}/s, {result['status_errors']} not 2xx)",
+                    flush=True,
+                )
         finally:
             server.stop()
         self.results["ranks"] = {
             "users": sizes.rank_users,
             "load_seconds": loaded,
             "compaction": compact.stdout.strip(),
-            **result,
+            **queries["rank"],
+            "queries": queries,
         }
-        print(f"ranks: p50 {result['p50_us'] / 1000:.1f} ms p99 {result['p99_us'] / 1000:.1f} ms", flush=True)
 
 
-SECTIONS = ["writes", "fanout", "flask_sse", "end_to_end", "ranks"]
+# What bench/wrk/rank.lua asks for (WRK_QUERY): a user's rank; a page at a random offset
+# (past the end now and then); ten around a random user; a friends list of 100 (a tenth unknown).
+RANK_QUERIES = ("rank", "page", "around", "friends")
+
+SECTIONS = ["writes", "fanout", "board_crowd", "flask_sse", "end_to_end", "ranks"]
 
 
 def machine() -> dict[str, Any]:

@@ -1,12 +1,16 @@
 """A load generator of SSE viewers: many connections in one process, one epoll loop.
 
     python -m bench.viewers --url http://127.0.0.1:8001/events --count 5000 --sample 100
+    python -m bench.viewers --url 'http://127.0.0.1:8001/boards/b{board}/events' --boards 100 --count 5000
+
+With --boards N, viewer i watches board i mod N (`{board}` in the URL).
 
 Prints `ready` once every viewer has its first frame, then keeps reading.
 Commands on stdin, one per line:
   `mark`             start a round: forget the frames recorded so far, and the CPU used;
   `final <version>`  wait (up to --settle seconds) until every viewer has that version,
                      then print one JSON line with the round's results;
+  `finals <v0,v1,..>` the same, one final version per board;
   `quit`             close everything and exit.
 
 Every --sample-th viewer reads as soon as data arrives (epoll) and records,
@@ -38,6 +42,7 @@ from tests.sse_client import ChunkedDecoder
 class Viewer:
     sock: socket.socket
     sampled: bool
+    board: int = 0
     status: int | None = None
     version: int = 0
     head: bytes = b""
@@ -68,14 +73,16 @@ def _parse_sampled(viewer: Viewer, now: float) -> None:
 
 
 class Crowd:
-    def __init__(self, url: str, count: int, sample_every: int, sweep_seconds: float = 0.5) -> None:
+    def __init__(self, url: str, count: int, sample_every: int, sweep_seconds: float = 0.5, boards: int = 1) -> None:
         self.sweep_seconds = sweep_seconds
         self.last_sweep = 0.0
         parts = urlsplit(url)
         self.address = (parts.hostname or "127.0.0.1", parts.port or 80)
-        self.request = (
-            f"GET {parts.path or '/'} HTTP/1.1\r\nHost: {parts.netloc}\r\nAccept: text/event-stream\r\n\r\n".encode()
-        )
+        self.requests = [
+            f"GET {(parts.path or '/').replace('{board}', str(board))} HTTP/1.1\r\n"
+            f"Host: {parts.netloc}\r\nAccept: text/event-stream\r\n\r\n".encode()
+            for board in range(boards)
+        ]
         self.count = count
         self.sample_every = sample_every
         self.selector = selectors.DefaultSelector()
@@ -91,9 +98,10 @@ class Crowd:
         for start in range(0, self.count, batch):
             for index in range(start, min(start + batch, self.count)):
                 sock = socket.create_connection(self.address, timeout=30)
-                sock.sendall(self.request)
+                board = index % len(self.requests)
+                sock.sendall(self.requests[board])
                 sock.setblocking(False)
-                viewer = Viewer(sock, sampled=self.sample_every > 0 and index % self.sample_every == 0)
+                viewer = Viewer(sock, sampled=self.sample_every > 0 and index % self.sample_every == 0, board=board)
                 self.viewers.append(viewer)
                 if viewer.sampled:
                     self.selector.register(sock, selectors.EVENT_READ, viewer)
@@ -160,6 +168,7 @@ class Crowd:
             "viewers": len(self.viewers),
             "open": sum(1 for v in self.viewers if not v.closed),
             "versions": [v.version for v in self.viewers],
+            "boards": [v.board for v in self.viewers],
             "sampled": [[list(frame) for frame in v.frames] for v in self.viewers if v.sampled],
             "cpu_seconds": cpu_now() - cpu_at_ready,  # since the round began
         }
@@ -176,11 +185,12 @@ def main() -> None:
     parser.add_argument("--count", type=int, required=True)
     parser.add_argument("--sample", type=int, default=100, help="every Nth viewer records its frames (0: none)")
     parser.add_argument("--settle", type=float, default=15.0)
+    parser.add_argument("--boards", type=int, default=1, help="spread the viewers over this many boards ({board})")
     parser.add_argument(
         "--ready", choices=["frame", "connected"], default="frame", help="when to say ready: first frames, or connected"
     )
     args = parser.parse_args()
-    crowd = Crowd(args.url, args.count, args.sample)
+    crowd = Crowd(args.url, args.count, args.sample, boards=args.boards)
     started = time.monotonic()
     crowd.connect(wait_for_frames=args.ready == "frame")
     print(f"ready {time.monotonic() - started:.2f}", flush=True)
@@ -196,10 +206,12 @@ def main() -> None:
             break
         if command[0] == "mark":
             round_began = crowd.mark()
-        elif command[0] == "final":
-            final = int(command[1])
+        elif command[0] in ("final", "finals"):
+            finals = [int(v) for v in command[1].split(",")] if command[0] == "finals" else [int(command[1])]
             deadline = time.monotonic() + args.settle
-            while time.monotonic() < deadline and any(v.version < final and not v.closed for v in crowd.viewers):
+            while time.monotonic() < deadline and any(
+                v.version < finals[v.board % len(finals)] and not v.closed for v in crowd.viewers
+            ):
                 crowd.pump(0.1)
                 crowd.sweep()
             print(json.dumps(crowd.results(round_began)), flush=True)

@@ -31,11 +31,23 @@ def test_the_harness_runs_every_section_and_writes_its_report(tmp_path: Path) ->
     for row in results["fanout"] + results["flask_sse"]:
         assert row["at_final"] == row["viewers"]
         assert row["frames_timed"] > 0
-    assert {row["redis_connections"] for row in results["fanout"]} == {2}  # a subscription and a pooled one
+    # The hub's subscription and the pooled connection for reads, whatever the viewers.
+    assert {row["redis_connections"] for row in results["fanout"]} == {2}
+    spread = results["spread_writes"]
+    assert spread["spread"]["requests"] > 0
+    assert spread["spread"]["status_errors"] == 0
+    assert spread["boards_written"] > 1
+    crowd = results["board_crowd"]
+    assert crowd["at_final"] == crowd["viewers"]
+    assert crowd["frames_timed"] > 0
     assert results["end_to_end"]["samples"] > 0
-    assert results["ranks"]["requests"] > 0
+    for query, run in results["ranks"]["queries"].items():
+        assert run["requests"] > 0, query
+        assert run["status_errors"] == 0, query
     report = (tmp_path / "BENCHMARKS.md").read_text()
-    for heading in ("## Floors", "## 1. Writes", "## 2. Fan-out", "## 3. End to end", "## 4. Rank lookup"):
+    headings = ("## Floors", "## 1. Writes", "### Writes spread over", "## 2. Fan-out", "### Many boards",
+                "## 3. End to end", "## 4. Ranks and ranking queries")  # fmt: skip
+    for heading in headings:
         assert heading in report
     assert "Smoke run" in report
     assert "## Before and after" in report

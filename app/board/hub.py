@@ -55,6 +55,9 @@ HEALTHY_AFTER = 10.0
 # A board with no viewer and no snapshot asked for this long is dropped (unsubscribed).
 IDLE_SECONDS = 60.0
 
+# How long a viewer waits for another's read of the board before going on without it.
+LOAD_WAIT_SECONDS = 5.0
+
 HEARTBEAT = b": ping\n\n"
 
 
@@ -124,6 +127,7 @@ class BoardFeed:
         self.changed = Event()
         self.last_fan_out = 0.0
         self.fan_out_scheduled = False
+        self.loading: Event | None = None  # set while one greenlet reads the board for everyone
 
     def wait_for_change(self, timeout: float) -> bool:
         """Block this viewer until the board changes, the stream must end, or `timeout`."""
@@ -225,10 +229,22 @@ class BoardHub:
         return True
 
     def current(self, board: Board) -> Frame | None:
-        """The board's latest frame, loading it once if the listener has not yet."""
+        """The board's latest frame, loading it once if the listener has not yet.
+
+        Viewers who come together wait for one read instead of each making
+        their own: a crowd arriving costs Redis one GET, not a connection each.
+        """
         feed = self.feed(board)
         if feed.latest is None:
-            self.refresh(feed)
+            if feed.loading is not None:
+                feed.loading.wait(LOAD_WAIT_SECONDS)
+            else:
+                feed.loading = Event()
+                try:
+                    self.refresh(feed)
+                finally:
+                    feed.loading.set()
+                    feed.loading = None
         return feed.latest
 
     def refresh(self, feed: BoardFeed) -> None:

@@ -341,6 +341,8 @@ def around(engine: Engine, board: Board, user_id: str, limit: int) -> Ranking | 
 
 def ranks_of(engine: Engine, board: Board, user_ids: list[str]) -> list[Entry]:
     """Those users' entries with exact ranks, in rank order; users without a score are left out."""
+    if not user_ids:
+        return []
     statement = text(RANKS_OF).bindparams(bindparam("user_ids", expanding=True))
     with _read_only(engine) as connection, connection.begin():
         rows = connection.execute(statement, {"board": board.id, "user_ids": user_ids}).all()

@@ -142,6 +142,11 @@ _STORE_ANSWER = """
 _BUILT: dict[tuple[str, str, str, bool], str] = {}
 
 
+def statement_for(engine: Engine, sql: str, board: Board) -> str:
+    """One of this module's statements as it runs for `board`'s rule (the benchmark's reference uses it)."""
+    return _statement(engine, sql, board.operator, board.ascending)
+
+
 def _statement(engine: Engine, sql: str, operator: str, ascending: bool) -> str:
     """`sql` for this database and this rule, built once."""
     built_key = (engine.dialect.name, sql, operator, ascending)
