@@ -5,7 +5,7 @@ connections; only statement building is skipped, because on this class of
 machine building and compiling a statement costs more CPU than the rest of
 a request (BENCHMARKS.md). Statements are written once, with `:name`
 parameters, `{now}` and `{now_us}` for the database's clock (a timestamp, µs since the
-epoch) and `{greatest}` for the larger of two values, and adapted per database.
+epoch) and `{greatest}`, `{least}` for the larger or smaller of two values, and adapted per database.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ NOW_US = {
     "sqlite": "CAST((julianday('now') - 2440587.5) * 86400000000.0 AS INTEGER)",
 }
 GREATEST = {"postgresql": "greatest", "sqlite": "max"}
+LEAST = {"postgresql": "least", "sqlite": "min"}
 
 _ADAPTED: dict[tuple[str, str], str] = {}
 
@@ -48,7 +49,7 @@ def adapt(engine: Engine, sql: str) -> str:
         raise RuntimeError(f"unsupported database: {dialect}")
     if (dialect, sql) not in _ADAPTED:
         text = sql.replace("{now}", NOW[dialect]).replace("{now_us}", NOW_US[dialect])
-        text = text.replace("{greatest}", GREATEST[dialect])
+        text = text.replace("{greatest}", GREATEST[dialect]).replace("{least}", LEAST[dialect])
         if dialect == "postgresql":  # psycopg2 takes %(name)s
             text = re.sub(r"(?<!:):(\w+)", r"%(\1)s", text)
         _ADAPTED[dialect, sql] = text
@@ -176,3 +177,10 @@ def fetch_one(engine: Engine, sql: str, params: dict[str, Any]) -> tuple[Any, ..
         cursor.execute(adapt(engine, sql), params)
         row = cursor.fetchone()
     return None if row is None else tuple(row)
+
+
+def fetch_all(engine: Engine, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+    """Every row of a read-only statement, in autocommit: one statement, one snapshot, one round trip."""
+    with one_statement(engine) as cursor:
+        cursor.execute(adapt(engine, sql), params)
+        return [tuple(row) for row in cursor.fetchall()]

@@ -213,9 +213,11 @@ class Settings:
                     "connect_timeout": max(1, round(self.db_timeout_seconds)),
                     # Every query here is a short walk of an index. With stale
                     # statistics PostgreSQL may plan a bitmap scan that reads a
-                    # whole index range before a LIMIT (app.submissions).
+                    # whole index range before a LIMIT (app.leaderboard.records),
+                    # or start parallel workers for a count it overestimates:
+                    # their start costs more than the walk (app.leaderboard.ranks).
                     "options": f"-c statement_timeout={timeout_ms} -c lock_timeout={timeout_ms}"
-                    " -c enable_bitmapscan=off",
+                    " -c enable_bitmapscan=off -c max_parallel_workers_per_gather=0",
                     "application_name": "leaderboard",
                     # A server that vanished without closing the connection (a
                     # partition, a dead host) is given up on too, not waited for.

@@ -14,7 +14,7 @@ from sqlalchemy import Engine, create_engine, text
 
 from app.keeper import BoardKeeper
 from app.leaderboard import Board, BoardCache, BoardRegistry, ranks
-from app.leaderboard.ranks import COMPACT_AT_BACKLOG, Entry, compact_rank_index, exact_rank, rank_backlog
+from app.leaderboard.ranks import BUCKET_SIZE, COMPACT_AT_BACKLOG, Entry, compact_rank_index, exact_rank, rank_backlog
 from tests.servers import flask_db_upgrade
 
 T0 = datetime(2026, 3, 1)
@@ -191,7 +191,7 @@ def test_the_keeper_compacts_a_large_backlog(engine: Engine, redis_conn: redis.R
     with engine.connect() as conn:
         assert rank_backlog(conn, board) == 0
         buckets = conn.execute(text("SELECT count(*) FROM rank_buckets WHERE board = :b"), {"b": board}).scalar_one()
-    assert buckets == (COMPACT_AT_BACKLOG + 10 + 999) // 1000
+    assert buckets == -(-(COMPACT_AT_BACKLOG + 10) // BUCKET_SIZE)
     expected = naive_ranks(engine, board)
     sample = random.Random(1).sample(sorted(expected), 200)
     assert {u: exact_rank(engine, board, expected[u][0]) for u in sample} == {u: expected[u][1] for u in sample}

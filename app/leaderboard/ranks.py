@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Engine, bindparam, delete, func, insert, select, text, update
 from sqlalchemy.engine import Connection
@@ -36,11 +38,14 @@ from sqlalchemy.orm import Session
 
 from app.leaderboard.boards import Board
 from app.models import RankBucket, RankDelta, Score
-from app.sql import fetch_one
+from app.sql import fetch_all, fetch_one
 
 log = logging.getLogger(__name__)
 
-BUCKET_SIZE = 1000
+# A lookup counts up to a bucket of index entries (a friends list, one per
+# friend); a page or a window reads every bucket boundary once. 250 keeps both
+# within a few milliseconds on a million users (BENCHMARKS.md).
+BUCKET_SIZE = 250
 # Recut the buckets when one holds more than this many times BUCKET_SIZE
 # users (a lookup counts up to a bucket of index entries).
 MAX_BUCKET_FACTOR = 3
@@ -234,52 +239,102 @@ _BUCKETS_NOW = """
     )
 """
 
-# How many users the board has: the last bucket's count plus the rows from its start.
-_COUNT = """
-    coalesce((SELECT before FROM buckets ORDER BY key DESC LIMIT 1), 0)
-    + (SELECT count(*) FROM scores WHERE board = :board
-       AND rank_key >= coalesce((SELECT key FROM buckets ORDER BY key DESC LIMIT 1), ''))
+# The last bucket with at most `{offset}` users before it (their counts only grow with the key).
+_START = """
+    start AS (SELECT key, before FROM buckets WHERE before <= {offset} ORDER BY key DESC LIMIT 1)
 """
 
-# Entries from rank :offset + 1 on: start at the last bucket with at most
-# :offset users before it, skip the rest (less than a bucket) in the index.
-PAGE = (
-    "WITH"
-    + _BUCKETS_NOW
-    + """, start AS (SELECT key, before FROM buckets WHERE before <= :offset ORDER BY key DESC LIMIT 1),
+# How many users the board has: the last bucket's count now plus the rows from its start.
+_SIZE = """
+    last AS (SELECT key, before FROM buckets ORDER BY key DESC LIMIT 1),
+    size AS (
+        SELECT coalesce((SELECT before FROM last), 0)
+               + (SELECT count(*) FROM scores WHERE board = :board AND rank_key >= coalesce((SELECT key FROM last), ''))
+               AS users
+    )
+"""
+
+# `:limit` entries from rank `{offset}` + 1 on: from the start of its bucket,
+# skipping the rest (less than a bucket) in the index; then their names.
+_PAGE = """
     page AS (
         SELECT user_id, total, rank_key FROM scores
         WHERE board = :board AND rank_key >= coalesce((SELECT key FROM start), '')
         ORDER BY rank_key
-        LIMIT :limit OFFSET :offset - coalesce((SELECT before FROM start), 0)
+        LIMIT :limit OFFSET {offset} - coalesce((SELECT before FROM start), 0)
     )
-    SELECT page.user_id, page.total, user_names.name, ("""
-    + _COUNT
-    + """) AS users
-    FROM (SELECT 1) AS one LEFT JOIN page ON true LEFT JOIN user_names ON user_names.user_id = page.user_id
+"""
+
+_ROWS = """
+    SELECT window_start, size.users, page.user_id, page.total, user_names.name
+    FROM size CROSS JOIN {window} LEFT JOIN page ON true LEFT JOIN user_names ON user_names.user_id = page.user_id
     ORDER BY page.rank_key
 """
+
+# A page: `:limit` entries from rank :offset + 1, and the board's size; one statement, one snapshot.
+PAGE = (
+    "WITH"
+    + _BUCKETS_NOW
+    + ","
+    + _SIZE
+    + ", asked AS (SELECT CAST(:offset AS bigint) AS window_start),"
+    + _START.format(offset=":offset")
+    + ","
+    + _PAGE.format(offset=":offset")
+    + _ROWS.format(window="asked")
+)
+
+# A user's rank (their bucket found through the index of rank_buckets, its
+# count now by a lookup in `buckets`, then the rows between its start and the user).
+_PLACED = """
+    {name} AS (
+        SELECT {listed}.user_id, {listed}.total, {listed}.rank_key, (
+            SELECT start_key FROM rank_buckets
+            WHERE board = :board AND start_key <= {listed}.rank_key ORDER BY start_key DESC LIMIT 1
+        ) AS bucket
+        FROM {listed}
+    ), {name}_ranked AS (
+        SELECT {name}.*, coalesce(buckets.before, 0)
+               + (SELECT count(*) FROM scores WHERE board = :board
+                  AND rank_key >= coalesce({name}.bucket, '') AND rank_key < {name}.rank_key)
+               + 1 AS rank
+        FROM {name} LEFT JOIN buckets ON buckets.key = {name}.bucket
+    )
+"""
+
+# `:limit` entries with the user in the middle, shifted at either end so that
+# there are still :limit (fewer only on a smaller board); no rows without the user.
+AROUND = (
+    "WITH"
+    + _BUCKETS_NOW
+    + ","
+    + _SIZE
+    + ", me AS (SELECT user_id, total, rank_key FROM scores WHERE board = :board AND user_id = :user_id),"
+    + _PLACED.format(name="mine", listed="me")
+    + """, centred AS (
+        SELECT {greatest}(0, {least}(mine_ranked.rank - 1 - :half, size.users - :limit)) AS window_start
+        FROM mine_ranked CROSS JOIN size
+    ),"""
+    + _START.format(offset="(SELECT window_start FROM centred)")
+    + ","
+    + _PAGE.format(offset="(SELECT window_start FROM centred)")
+    + _ROWS.format(window="centred")
 )
 
 # Each listed user's value and exact rank, in rank order; users without a score are left out.
 RANKS_OF = (
     "WITH"
     + _BUCKETS_NOW
-    + """, listed AS (
-        SELECT user_id, total, rank_key FROM scores WHERE board = :board AND user_id IN :user_ids
-    ), placed AS (
-        SELECT listed.*, (SELECT key FROM buckets WHERE key <= listed.rank_key ORDER BY key DESC LIMIT 1) AS start
-        FROM listed
-    )
-    SELECT placed.user_id, placed.total, user_names.name,
-           coalesce((SELECT before FROM buckets WHERE key = placed.start), 0)
-           + (SELECT count(*) FROM scores WHERE board = :board
-              AND rank_key >= coalesce(placed.start, '') AND rank_key < placed.rank_key)
-           + 1 AS rank
-    FROM placed LEFT JOIN user_names ON user_names.user_id = placed.user_id
-    ORDER BY placed.rank_key
+    + ", listed AS (SELECT user_id, total, rank_key FROM scores WHERE board = :board AND user_id {listed}),"
+    + _PLACED.format(name="friends", listed="listed")
+    + """
+    SELECT friends_ranked.user_id, friends_ranked.total, user_names.name, friends_ranked.rank
+    FROM friends_ranked LEFT JOIN user_names ON user_names.user_id = friends_ranked.user_id
+    ORDER BY friends_ranked.rank_key
 """
 )
+# The listed ids as one parameter: an array on PostgreSQL, a JSON list on SQLite.
+_LISTED = {"postgresql": "= ANY(:user_ids)", "sqlite": "IN (SELECT value FROM json_each(:user_ids))"}
 
 PAGE_LIMIT_MAX = 100
 
@@ -302,48 +357,37 @@ class Ranking:
     entries: list[Entry]
 
 
-def _read_only(engine: Engine) -> Connection:
-    """A connection whose statements all read one snapshot (PostgreSQL: REPEATABLE READ)."""
-    options = {"isolation_level": "REPEATABLE READ"} if engine.dialect.name == "postgresql" else {}
-    return engine.connect().execution_options(**options)
-
-
-def _page(connection: Connection, board: Board, offset: int, limit: int) -> Ranking:
-    rows = connection.execute(text(PAGE), {"board": board.id, "offset": offset, "limit": limit}).all()
-    count = int(rows[0].users)
+def _ranking(rows: list[tuple[Any, ...]]) -> Ranking | None:
+    """Rows of (window start, users, user, total, name): the entries from rank window start + 1."""
+    if not rows:
+        return None
+    window_start, users = int(rows[0][0]), int(rows[0][1])
     entries = [
-        Entry(rank=offset + i, user_id=row.user_id, score=int(row.total), name=row.name)
-        for i, row in enumerate((row for row in rows if row.user_id is not None), start=1)
+        Entry(rank=window_start + i, user_id=user, score=int(total), name=name)
+        for i, (_, _, user, total, name) in enumerate((row for row in rows if row[2] is not None), start=1)
     ]
-    return Ranking(count=count, entries=entries)
+    return Ranking(count=users, entries=entries)
 
 
 def page(engine: Engine, board: Board, offset: int, limit: int) -> Ranking:
     """`limit` entries from rank `offset` + 1 (none past the end), exact, with the board's user count."""
-    with _read_only(engine) as connection, connection.begin():
-        return _page(connection, board, offset, limit)
+    ranking = _ranking(fetch_all(engine, PAGE, {"board": board.id, "offset": offset, "limit": limit}))
+    assert ranking is not None
+    return ranking
 
 
 def around(engine: Engine, board: Board, user_id: str, limit: int) -> Ranking | None:
     """`limit` entries with the user in the middle, shifted at the top and the bottom to stay `limit`
     long (shorter only when the board is); None when the user has no score."""
-    with _read_only(engine) as connection, connection.begin():
-        found = connection.execute(text(USER_RANK), {"board": board.id, "user_id": user_id}).first()
-        if found is None:
-            return None
-        rank = int(found[1])
-        count = int(
-            connection.execute(text("WITH" + _BUCKETS_NOW + "SELECT" + _COUNT), {"board": board.id}).scalar_one()
-        )
-        offset = max(0, min(rank - 1 - (limit - 1) // 2, count - limit))
-        return _page(connection, board, offset, limit)
+    params = {"board": board.id, "user_id": user_id, "limit": limit, "half": (limit - 1) // 2}
+    return _ranking(fetch_all(engine, AROUND, params))
 
 
 def ranks_of(engine: Engine, board: Board, user_ids: list[str]) -> list[Entry]:
     """Those users' entries with exact ranks, in rank order; users without a score are left out."""
     if not user_ids:
         return []
-    statement = text(RANKS_OF).bindparams(bindparam("user_ids", expanding=True))
-    with _read_only(engine) as connection, connection.begin():
-        rows = connection.execute(statement, {"board": board.id, "user_ids": user_ids}).all()
-    return [Entry(rank=int(row.rank), user_id=row.user_id, score=int(row.total), name=row.name) for row in rows]
+    dialect = engine.dialect.name
+    listed: object = user_ids if dialect == "postgresql" else json.dumps(user_ids)
+    rows = fetch_all(engine, RANKS_OF.replace("{listed}", _LISTED[dialect]), {"board": board.id, "user_ids": listed})
+    return [Entry(rank=int(rank), user_id=user, score=int(total), name=name) for user, total, name, rank in rows]
