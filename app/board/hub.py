@@ -37,6 +37,7 @@ from typing import Any
 import gevent
 import redis
 from gevent.event import Event
+from gevent.lock import BoundedSemaphore
 
 from app.leaderboard import Board
 from app.metrics import FRAMES_SENT, HUB_RECONNECTS, PUBLISH_TO_SEND_SECONDS, STREAMS_ENDED, VIEWERS
@@ -57,6 +58,9 @@ IDLE_SECONDS = 60.0
 
 # How long a viewer waits for another's read of the board before going on without it.
 LOAD_WAIT_SECONDS = 5.0
+# Boards read from Redis at once (a thousand viewers of a thousand boards arriving
+# together, or resubscribing after a reconnect): a few connections, not one each.
+READS_AT_ONCE = 8
 
 HEARTBEAT = b": ping\n\n"
 
@@ -186,6 +190,7 @@ class BoardHub:
         self._by_channel: dict[str, BoardFeed] = {}
         self._keep = keep.id if keep else None
         self._lock = threading.Lock()  # the feeds, and commands on the subscription
+        self._reads = BoundedSemaphore(READS_AT_ONCE)
         self._pubsub: Any = None
         self.viewers = 0
         self._viewers_by_ip: dict[str, int] = {}
@@ -239,17 +244,22 @@ class BoardHub:
             if feed.loading is not None:
                 feed.loading.wait(LOAD_WAIT_SECONDS)
             else:
-                feed.loading = Event()
-                try:
-                    self.refresh(feed)
-                finally:
-                    feed.loading.set()
-                    feed.loading = None
+                self._load(feed)
         return feed.latest
+
+    def _load(self, feed: BoardFeed) -> None:
+        """Read the board, letting others who need it now wait for this read."""
+        feed.loading = loading = Event()
+        try:
+            self.refresh(feed)
+        finally:
+            feed.loading = None
+            loading.set()
 
     def refresh(self, feed: BoardFeed) -> None:
         """Re-read the board from Redis and take it if it is newer."""
-        raw = self._load_latest(feed.board)
+        with self._reads:
+            raw = self._load_latest(feed.board)
         if raw is not None:
             self.offer(feed, Frame.from_message(raw))
 
@@ -379,6 +389,8 @@ class BoardHub:
                     self._write(viewer, None, now)
             if feed.viewers == 0 and feed.board.id != self._keep and now - feed.used_at > IDLE_SECONDS:
                 self._drop(feed)
+            elif feed.viewers and feed.latest is None and feed.loading is None and self.connected:
+                gevent.spawn(self._refresh_quietly, feed)  # an earlier read failed: its viewers still wait
         self.report_frames_sent()
 
     def _drop(self, feed: BoardFeed) -> None:
@@ -486,7 +498,7 @@ class BoardHub:
 
     def _refresh_quietly(self, feed: BoardFeed) -> None:
         try:
-            self.refresh(feed)
+            self._load(feed)
         except Exception as exc:  # Redis or the database away: the next message, or resubscribe, will do
             log.warning("board hub could not read board %s: %s", feed.board.id, exc.__class__.__name__)
 
