@@ -276,6 +276,54 @@ def test_the_page_rides_out_a_board_restart_without_reloading(
         board.stop()
 
 
+# -- a board of its own --------------------------------------------------------
+
+
+@pytest.mark.e2e
+def test_a_boards_own_page_shows_its_rules_its_title_and_names_as_text(
+    tab: Tab, board: GunicornServer, increment: GunicornServer, board_name: str, engine: Any
+) -> None:
+    laps = f"{board_name}-laps"
+    admin = auth("ops", role="admin")
+    created = requests.put(
+        f"{increment.url}/admin/boards/{laps}",
+        json={"title": "Fastest lap", "topN": 3, "order": "asc", "operator": "best"},
+        headers=admin,
+        timeout=10,
+    )
+    assert created.status_code == 201, created.text
+    sneaky = '<img src=x onerror="window.injected = true">'
+    for user, lap, name in [("u1", 61_200, "Ada"), ("u2", 59_800, sneaky), ("u3", 62_000, None)]:
+        claims = {"name": name} if name else {}
+        answer = requests.post(
+            f"{increment.url}/boards/{laps}/score", json={"score": lap}, headers=auth(user, **claims), timeout=10
+        )
+        assert answer.status_code == 200, answer.text
+    post_score(increment, "elsewhere", 1)  # the default board: not this page's
+
+    tab.page.goto(f"{board.url}/boards/{laps}/")
+    expect_state(tab.page.main_frame, "live")
+    expect(tab.page.locator("h1")).to_have_text("Fastest lap")
+    expect(tab.page.locator("tbody tr")).to_have_count(3)
+    frame = tab.page.main_frame
+    # Lower is better; the name is shown as the text it is, the id on hover.
+    assert shown_rows(frame) == [["1", sneaky, "59,800"], ["2", "Ada", "61,200"], ["3", "u3", "62,000"]]
+    assert tab.page.evaluate("window.injected") is None
+    expect(row_of(frame, "u2").locator("th")).to_have_attribute("title", "u2")
+
+    # A slower lap changes nothing; a faster one moves the row up.
+    requests.post(f"{increment.url}/boards/{laps}/score", json={"score": 63_000}, headers=auth("u1"), timeout=10)
+    requests.post(f"{increment.url}/boards/{laps}/score", json={"score": 58_000}, headers=auth("u3"), timeout=10)
+    expect(row_of(frame, "u3")).to_have_attribute("data-rank", "1", timeout=2_000)
+    assert shown_rows(frame) == [["1", "u3", "58,000"], ["2", sneaky, "59,800"], ["3", "Ada", "61,200"]]
+
+    # A cheater removed by an admin leaves the page at once.
+    requests.delete(f"{increment.url}/admin/boards/{laps}/users/u3", headers=admin, timeout=10)
+    expect(tab.page.locator("tbody tr")).to_have_count(2, timeout=2_000)
+    assert [row[1] for row in shown_rows(frame)] == [sneaky, "Ada"]
+    assert tab.console_errors == []
+
+
 # -- parameters --------------------------------------------------------------
 
 

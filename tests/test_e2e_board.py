@@ -145,10 +145,34 @@ def test_heartbeats_keep_an_idle_stream_open(start_board: Callable[..., Gunicorn
     swarm.close()
 
 
-def test_the_default_heartbeat_is_at_most_15_seconds(board: GunicornServer) -> None:
+def test_an_idle_board_keeps_its_subscription_and_heartbeats_come_every_15_seconds(
+    start_board: Callable[..., GunicornServer], increment: GunicornServer, engine: Any
+) -> None:
+    """Nothing published for nearly three times the hub's dead-connection limit: the subscription
+    holds (its PINGs are answered and heard), heartbeats keep the default pace, and the next score
+    reaches the viewer at once."""
+    from app.board.hub import DEAD_AFTER
+
+    board = start_board()
+    post_score(increment, "idle", 1)
     swarm = Swarm([Viewer(f"{board.url}/events")])
     viewer = swarm.viewers[0]
-    assert swarm.wait_until(lambda: "ping" in viewer.comments, timeout=16)
+    assert swarm.wait_until(lambda: viewer.frames != [], timeout=5)
+    pings: list[float] = []
+    deadline = time.monotonic() + 2.7 * DEAD_AFTER
+    while time.monotonic() < deadline:
+        seen = len(viewer.comments)
+        swarm.pump(0.05)
+        pings += [time.monotonic()] * (len(viewer.comments) - seen)
+    gaps = [later - earlier for earlier, later in zip(pings, pings[1:], strict=False)]
+    assert len(pings) >= 2
+    assert all(13.5 <= gap <= 15.5 for gap in gaps), gaps
+    assert stats(board)["reconnects"] == 0
+    assert "lost Redis" not in board.log()
+    started = time.monotonic()
+    post_score(increment, "idle", 1)
+    assert swarm.wait_until(lambda: len(viewer.frames) == 2, timeout=5)
+    assert time.monotonic() - started < 0.5
     swarm.close()
 
 
