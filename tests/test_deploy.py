@@ -24,6 +24,7 @@ class Nginx:
     """nginx running our site file, with the upstreams and port swapped for the test's own."""
 
     def __init__(self, workdir: Path, increment: GunicornServer, board: GunicornServer) -> None:
+        self.board_id = increment.env["LEADERBOARD_ID"]
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         site = (DEPLOY / "nginx" / "leaderboard.conf").read_text()
@@ -119,7 +120,21 @@ def test_nginx_takes_the_site_and_streams_every_frame_at_once(
     swarm.pump(2.5)
     assert len(viewer.comments) >= pings + 2, "heartbeats did not come through one by one"
     assert requests.get(f"{nginx.url}/metrics", timeout=5).status_code == 404
+    assert requests.get(f"{nginx.url}/stats", headers=auth("ops", role="admin"), timeout=5).status_code == 404
     assert requests.get(f"{nginx.url}/leaderboard", timeout=5).json()["top"][0]["userId"] == "via-nginx"
+
+    # Another board: created, written and streamed through the same site.
+    admin = auth("ops", role="admin")
+    board_id = f"{through_nginx.board_id}-nginx"
+    assert requests.put(f"{nginx.url}/admin/boards/{board_id}", json={}, headers=admin, timeout=10).status_code == 201
+    other = Viewer(f"{nginx.url}/boards/{board_id}/events")
+    swarm.add(other)
+    assert swarm.wait_until(lambda: bool(other.frames), timeout=5)
+    both = {"scores": {board_id: 7, through_nginx.board_id: 1}}
+    assert requests.post(f"{nginx.url}/scores", json=both, headers=auth("via-nginx"), timeout=10).status_code == 200
+    answer = requests.post(f"{nginx.url}/boards/{board_id}/score", json={"score": 3}, headers=auth("b"), timeout=10)
+    assert answer.json()["rank"] == 2
+    assert swarm.wait_until(lambda: other.frames[-1].json["top"] == [["via-nginx", "7"], ["b", "3"]], timeout=2)
 
 
 def test_the_systemd_units_run_what_the_repository_has() -> None:
