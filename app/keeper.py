@@ -2,7 +2,8 @@
 
 - About every second, it makes Redis agree with SQL. Every board missing from
   Redis (new, flushed, evicted, restarted empty, or built from another
-  database) is rebuilt at once; one round trip tells which. A board whose
+  database) is rebuilt within about three seconds (one round trip tells
+  which), the default board within one. A board whose
   entries Redis still gets wrong one check later (a write whose Redis update
   was lost while Redis was unreachable) is rebuilt too. The entries are
   compared for the default board every round, for the boards whose update
@@ -46,7 +47,12 @@ log = logging.getLogger(__name__)
 
 RECONCILE_EVERY_SECONDS = 1.0
 COMPACTION_CHECK_EVERY = 10  # reconcile rounds
-REGISTRY_EVERY = 5  # reconcile rounds between two reads of every board's settings
+# Reconcile rounds between two reads of every board's settings: well within
+# BoardRegistry.TTL, so a request never waits for SQL to look a board up.
+REGISTRY_EVERY = 2
+# Rounds between two checks that Redis holds every board (the default board,
+# and boards this process failed to update, are checked every round).
+ALL_BOARDS_EVERY = 3
 # Boards besides the default and the stale ones whose entries one round compares with SQL.
 SWEEP_PER_ROUND = 5
 
@@ -107,10 +113,11 @@ class BoardKeeper:
         self._rounds += 1
         by_id = {board.id: board for board in self._boards}
         outcome: dict[str, str] = {}
-        built = self.cache.built(self._boards)
-        for board in self._boards:
-            if not built[board.id] and not self.cache.is_built(board):  # another worker may just have
-                outcome[board.id] = self._rebuild(board, "missing", "missing from Redis")
+        if self._rounds % ALL_BOARDS_EVERY == 1 or len(self._boards) == 1:
+            built = self.cache.built(self._boards)
+            for board in self._boards:
+                if not built[board.id] and not self.cache.is_built(board):  # another worker may just have
+                    outcome[board.id] = self._rebuild(board, "missing", "missing from Redis")
         compare = [self.registry.default_id, *sorted(self.cache.stale_boards), *self._sweep()]
         for board_id in dict.fromkeys(compare):
             compared = by_id.get(board_id)
