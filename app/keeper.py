@@ -39,7 +39,6 @@ from app.leaderboard.ranks import (
     COMPACT_AT_BACKLOG,
     Compaction,
     compact_rank_index,
-    rank_backlog,
 )
 from app.leaderboard.rebuild import Drift, board_drift, rebuild_board
 
@@ -56,16 +55,13 @@ ALL_BOARDS_EVERY = 3
 # Boards besides the default and the stale ones whose entries one round compares with SQL.
 SWEEP_PER_ROUND = 5
 
-# The boards that have rank changes waiting: one index probe per board (a
-# loose index scan), not a scan of every change.
-_BOARDS_WITH_DELTAS = """
-    WITH RECURSIVE found (board) AS (
-        SELECT min(board) FROM rank_deltas
-        UNION ALL
-        SELECT (SELECT min(board) FROM rank_deltas WHERE board > found.board) FROM found WHERE found.board IS NOT NULL
-    )
-    SELECT board FROM found WHERE board IS NOT NULL
-"""
+# Changes waiting per board, in one pass over the index (compaction keeps
+# each board's backlog short, so the whole is too).
+_BACKLOGS = "SELECT board, count(*) FROM rank_deltas GROUP BY board"
+_BUCKETED = "SELECT DISTINCT board FROM rank_buckets"
+# A board without buckets (a few hundred users) never reads its changes: they
+# are only cleared now and then, so a thousand small boards cost little.
+UNREAD_CHANGES_KEPT_SECONDS = 600.0
 
 
 class BoardKeeper:
@@ -162,12 +158,13 @@ class BoardKeeper:
     def compact_rank_indexes_if_due(self) -> dict[str, Compaction | None]:
         """Compact the rank index of every board with enough changes waiting, or with any for long enough."""
         with self.engine.connect() as connection:
-            boards = list(connection.execute(text(_BOARDS_WITH_DELTAS)).scalars())
-            backlogs = {board: rank_backlog(connection, board) for board in boards}
+            backlogs = {board: int(count) for board, count in connection.execute(text(_BACKLOGS))}
+            bucketed = set(connection.execute(text(_BUCKETED)).scalars())
         done: dict[str, Compaction | None] = {}
         for board, backlog in backlogs.items():
             waited = time.monotonic() - self._last_compaction.get(board, self._started)
-            if backlog >= COMPACT_AT_BACKLOG or (backlog and waited >= COMPACT_AT_AGE_SECONDS):
+            age = COMPACT_AT_AGE_SECONDS if board in bucketed else UNREAD_CHANGES_KEPT_SECONDS
+            if backlog >= COMPACT_AT_BACKLOG or waited >= age:
                 done[board] = self.compact_rank_index(board)
         return done
 

@@ -36,8 +36,10 @@ import jwt
 import psycopg2
 import redis
 from sqlalchemy import create_engine
+from sqlalchemy.orm import Session
 
 from app.leaderboard import Board, BoardCache, BoardDefaults, BoardKeys, BoardRegistry, Submitted
+from app.leaderboard.rebuild import rebuild_board
 from app.leaderboard.writes import submit_score
 from bench.report import write_report
 from bench.writer import paced
@@ -195,8 +197,15 @@ class Run:
         return BoardRegistry(self.engine, defaults)
 
     def make_boards(self, prefix: str, count: int, **settings: Any) -> list[Board]:
+        """Boards created as PUT /admin/boards/<id> creates them: in SQL, then built (empty) in Redis."""
         registry = self.registry()
-        return [registry.put(f"{prefix}{i}", {"top_n": 10, **settings})[0] for i in range(count)]
+        cache = BoardCache(redis.Redis.from_url(REDIS_URL, decode_responses=True))
+        boards = [registry.put(f"{prefix}{i}", {"top_n": 10, **settings})[0] for i in range(count)]
+        with Session(self.engine) as session:
+            for board in boards:
+                rebuild_board(session, cache, board)
+        cache.redis.close()
+        return boards
 
     def serve(self, module: str, workers: int, **overrides: str) -> GunicornServer:
         return GunicornServer(module, {**self.env, **overrides}, workers=workers).start(timeout=60)
@@ -204,7 +213,15 @@ class Run:
     # -- 1. writes -------------------------------------------------------
 
     def wrk(self, url: str, script: str, connections: int, seconds: int, **env: str) -> dict[str, Any]:
-        argv = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(ROOT / "bench/wrk" / script)]
+        argv = [
+            "wrk",
+            f"-t{min(2, connections)}",
+            f"-c{connections}",
+            f"-d{seconds}s",
+            "--latency",
+            "-s",
+            str(ROOT / "bench/wrk" / script),
+        ]
         environ = {**os.environ, "WRK_REPORT": str(ROOT / "bench/wrk/report.lua"), **env}
         process = subprocess.Popen([*argv, url], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=environ)
         _, status, usage = os.wait4(process.pid, 0)
@@ -258,37 +275,45 @@ class Run:
         self.results["writes"] = {"users": sizes.write_users, "seconds": sizes.write_seconds, "rows": rows}
 
     def spread_writes(self, ours: GunicornServer, token_file: Path, single: dict[str, Any]) -> dict[str, Any]:
-        """The same writes spread over many boards (POST /boards/<id>/score), right after the single board's."""
+        """The same writes spread over many boards (POST /boards/<id>/score), alternating with one board's."""
         sizes = self.sizes
-        self.make_boards(f"{self.tag}s", sizes.spread_boards)
         prefix = f"{self.tag}s"
+        self.make_boards(prefix, sizes.spread_boards)
         warm_up = 1 if sizes.write_seconds < 5 else 2
-        env = {"WRK_TOKENS": str(token_file), "WRK_BOARDS": str(sizes.spread_boards), "WRK_PREFIX": prefix}
-        self.wrk(ours.url, "boards.lua", sizes.spread_connections, warm_up, **env)
-        pids = worker_pids(ours)
-        cpu_before = sum(cpu_seconds(pid) for pid in pids)
-        spread = self.wrk(ours.url, "boards.lua", sizes.spread_connections, sizes.write_seconds, **env)
-        spread["server_cpu"] = (sum(cpu_seconds(pid) for pid in pids) - cpu_before) / sizes.write_seconds
-        again = self.wrk(
-            ours.url, "score.lua", sizes.spread_connections, sizes.write_seconds, WRK_TOKENS=str(token_file)
-        )
+        spread_env = {"WRK_TOKENS": str(token_file), "WRK_BOARDS": str(sizes.spread_boards), "WRK_PREFIX": prefix}
+        self.wrk(ours.url, "boards.lua", sizes.spread_connections, warm_up, **spread_env)
+        singles, spreads = [single], []
+        for _ in range(SPREAD_PAIRS):
+            spreads.append(
+                self.wrk(ours.url, "boards.lua", sizes.spread_connections, sizes.write_seconds, **spread_env)
+            )
+            singles.append(
+                self.wrk(
+                    ours.url, "score.lua", sizes.spread_connections, sizes.write_seconds, WRK_TOKENS=str(token_file)
+                )
+            )
         with self.engine.connect() as connection:
             written = connection.exec_driver_sql(
                 "SELECT count(DISTINCT board) FROM scores WHERE board LIKE %s", (prefix + "%",)
             ).scalar_one()
+
+        def median(runs: list[dict[str, Any]]) -> float:
+            return sorted(run["rps"] for run in runs)[len(runs) // 2]
+
         result = {
             "boards": sizes.spread_boards,
             "boards_written": written,
             "connections": sizes.spread_connections,
-            "single": single,
-            "spread": spread,
-            "single_after": again,
-            "ratio": spread["rps"] / ((single["rps"] + again["rps"]) / 2),
+            "singles": singles,
+            "spreads": spreads,
+            "single_median": median(singles),
+            "spread_median": median(spreads),
+            "ratio": median(spreads) / median(singles),
         }
         print(
-            f"writes over {sizes.spread_boards} boards c={sizes.spread_connections}: {spread['rps']:.0f}/s"
-            f" p99 {spread['p99_us'] / 1000:.1f} ms; one board before/after {single['rps']:.0f}/{again['rps']:.0f}/s"
-            f" ({result['ratio']:.2f})",
+            f"writes over {sizes.spread_boards} boards c={sizes.spread_connections}:"
+            f" {[round(run['rps']) for run in spreads]}/s; one board {[round(run['rps']) for run in singles]}/s;"
+            f" medians {result['ratio']:.2f}",
             flush=True,
         )
         return result
@@ -639,10 +664,13 @@ class Run:
                 env = {"WRK_USERS": str(sizes.rank_users), "WRK_QUERY": query}
                 self.wrk(server.url, "rank.lua", 4, 2, **env)  # warm up
                 queries[query] = self.wrk(server.url, "rank.lua", 4, sizes.rank_seconds, **env)
-                result = queries[query]
+                # One at a time: what a query takes when it does not wait behind others.
+                queries[query]["alone"] = self.wrk(server.url, "rank.lua", 1, sizes.rank_seconds, **env)
+                result, alone = queries[query], queries[query]["alone"]
                 print(
                     f"ranks, {query}: p50 {result['p50_us'] / 1000:.1f} ms p99 {result['p99_us'] / 1000:.1f} ms"
-                    f" ({result['rps']:.0f}/s, {result['status_errors']} not 2xx)",
+                    f" ({result['rps']:.0f}/s, {result['status_errors']} not 2xx); one at a time"
+                    f" p50 {alone['p50_us'] / 1000:.1f} ms p99 {alone['p99_us'] / 1000:.1f} ms",
                     flush=True,
                 )
         finally:
@@ -659,6 +687,9 @@ class Run:
 # What bench/wrk/rank.lua asks for (WRK_QUERY): a user's rank; a page at a random offset
 # (past the end now and then); ten around a random user; a friends list of 100 (a tenth unknown).
 RANK_QUERIES = ("rank", "page", "around", "friends")
+
+# Runs of writes over many boards, each beside a run on one board (medians compared).
+SPREAD_PAIRS = 3
 
 SECTIONS = ["writes", "fanout", "board_crowd", "flask_sse", "end_to_end", "ranks"]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import time
@@ -164,7 +165,7 @@ def test_an_idle_board_keeps_its_subscription_and_heartbeats_come_every_15_secon
         seen = len(viewer.comments)
         swarm.pump(0.05)
         pings += [time.monotonic()] * (len(viewer.comments) - seen)
-    gaps = [later - earlier for earlier, later in zip(pings, pings[1:], strict=False)]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(pings)]
     assert len(pings) >= 2
     assert all(13.5 <= gap <= 15.5 for gap in gaps), gaps
     assert stats(board)["reconnects"] == 0
