@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -102,3 +103,50 @@ def test_make_token_refuses_a_bad_user_id_with_the_clis_own_message(base_env: di
         assert "INJECTED" not in result.stdout
         assert "user id must be 1 to 128 printable characters without spaces" in result.stderr
         assert "unexpected extra argument" not in result.stderr
+
+
+def test_admin_and_named_tokens_open_the_admin_routes_and_name_the_user(app: Flask, board_name: str) -> None:
+    runner, client = app.test_cli_runner(), app.test_client()
+    admin = runner.invoke(args=["token", "ops", "--admin"]).output.strip()
+    named = runner.invoke(args=["token", "ada", "--name", "Ada L."]).output.strip()
+    assert client.get("/admin/boards", headers={"Authorization": f"Bearer {admin}"}).status_code == 200
+    assert client.get("/admin/boards", headers={"Authorization": f"Bearer {named}"}).status_code == 403
+    assert pyjwt.decode(named, JWT_SECRET, algorithms=["HS256"])["name"] == "Ada L."
+    assert runner.invoke(args=["token", "ada", "--name", "\u0007"]).exit_code != 0
+
+
+def test_boards_create_update_list_delete_from_the_command_line(app: Flask, board_name: str, engine: Engine) -> None:
+    runner = app.test_cli_runner()
+    laps = f"{board_name}-cli"
+    created = runner.invoke(args=["boards", "create", laps, "--order", "asc", "--operator", "best", "--top-n", "5"])
+    assert created.exit_code == 0, created.output
+    assert json.loads(created.output)["order"] == "asc"
+    assert runner.invoke(args=["boards", "create", laps]).exit_code != 0  # exists
+    app.test_client().post(f"/boards/{laps}/score", json={"score": 61_000}, headers=auth("u1"))
+    refused = runner.invoke(args=["boards", "update", laps, "--order", "desc"])
+    assert refused.exit_code != 0
+    assert "can no longer change" in refused.output
+    retitled = runner.invoke(args=["boards", "update", laps, "--title", "Laps"])
+    assert json.loads(retitled.output)["title"] == "Laps"
+    listed = [json.loads(line)["id"] for line in runner.invoke(args=["boards", "list"]).output.splitlines()]
+    assert {laps, board_name} <= set(listed)
+    assert runner.invoke(args=["boards", "delete", laps, "--yes"]).exit_code == 0
+    assert runner.invoke(args=["boards", "delete", board_name, "--yes"]).exit_code != 0  # the default board stays
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM boards WHERE id = :b"), {"b": laps}).scalar() == 0
+        assert conn.execute(text("SELECT count(*) FROM scores WHERE board = :b"), {"b": laps}).scalar() == 0
+
+
+def test_remove_user_takes_one_entry_or_erases_everywhere(app: Flask, board_name: str, engine: Engine) -> None:
+    runner, client = app.test_cli_runner(), app.test_client()
+    other = f"{board_name}-cli2"
+    runner.invoke(args=["boards", "create", other])
+    for board in (board_name, other):
+        client.post(f"/boards/{board}/score", json={"score": 5}, headers=auth("cheat"))
+    one = runner.invoke(args=["remove-user", "cheat", "--board", other])
+    assert one.exit_code == 0, one.output
+    assert runner.invoke(args=["remove-user", "cheat", "--board", other]).exit_code != 0  # gone already
+    everywhere = runner.invoke(args=["remove-user", "cheat"])
+    assert json.loads(everywhere.output)["boards"] == [board_name]
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM scores WHERE user_id = 'cheat'")).scalar() == 0
