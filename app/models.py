@@ -112,6 +112,9 @@ class RankBucket(db.Model):  # type: ignore[name-defined,misc]
     start_key: Mapped[str] = mapped_column(RankKey, primary_key=True)
     users_before: Mapped[int] = mapped_column(BigInteger)
 
+    # The bucket a rank falls in (pages, windows): one probe by count.
+    __table_args__ = (Index("ix_rank_buckets_board_users_before", "board", "users_before"),)
+
 
 class UserName(db.Model):  # type: ignore[name-defined,misc]
     """A user's display name, from the `name` claim of their latest token that had one."""

@@ -72,11 +72,15 @@ def _floors(results: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
     if "ranks" in results:
         ranks = results["ranks"]
         for query, result in ranks.get("queries", {"rank": ranks}).items():
+            runs = [result, *([result["backlog"]] if "backlog" in result else [])]
+            worst = max(run["p99_us"] for run in runs)
+            errors = sum(run["status_errors"] for run in runs)
             rows.append(
                 (
-                    f"{RANK_QUERY_NAMES.get(query, query)} on {ranks['users']:,} users: p99 ≤ 20 ms",
-                    f"p99 {_ms(result['p99_us'])} ms, {result['status_errors']} not 2xx",
-                    result["p99_us"] <= 20_000 and result["status_errors"] == 0,
+                    f"{RANK_QUERY_NAMES.get(query, query)} on {ranks['users']:,} users: p99 ≤ 20 ms"
+                    " (the worse of a fresh index and one with changes waiting)",
+                    f"p99 {' and '.join(_ms(run['p99_us']) for run in runs)} ms, {errors} not 2xx",
+                    worst <= 20_000 and errors == 0,
                 )
             )
     return rows
@@ -343,8 +347,9 @@ def write_report(
             " `bench/wrk/rank.lua`: random users; pages at random offsets, a twentieth of them past the end;",
             "windows of 10 around a random user; friends lists of 100 ids of which a tenth have no score.",
             "",
-            "| query | requests/s | p50 ms | p90 ms | p99 ms | errors | one at a time: p50 ms | p99 ms |",
-            "|---|---|---|---|---|---|---|---|",
+            "| query | requests/s | p50 ms | p90 ms | p99 ms | errors | one at a time: p50 ms | p99 ms |"
+            f" {ranks.get('backlog', 0):,} changes waiting: req/s | p50 ms | p99 ms |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
             *(
                 f"| {RANK_QUERY_NAMES.get(query, query)} | {run['rps']:,.0f} | {_ms(run['p50_us'])} |"
                 f" {_ms(run['p90_us'])} | {_ms(run['p99_us'])} | {run['status_errors'] + run['timeouts']} |"
@@ -352,6 +357,11 @@ def write_report(
                     f" {_ms(run['alone']['p50_us'])} | {_ms(run['alone']['p99_us'])} |"
                     if "alone" in run
                     else " - | - |"
+                )
+                + (
+                    f" {run['backlog']['rps']:,.0f} | {_ms(run['backlog']['p50_us'])} | {_ms(run['backlog']['p99_us'])} |"
+                    if "backlog" in run
+                    else " - | - | - |"
                 )
                 for query, run in queries.items()
             ),

@@ -52,7 +52,9 @@ MAX_BUCKET_FACTOR = 3
 VACUUM_AFTER_FOLDING = 5_000
 # Compact when this many deltas wait (each rank lookup reads up to all of
 # them), or when any have waited this long.
-COMPACT_AT_BACKLOG = 20_000
+# (A window or a friends list reads every change between its buckets: 5,000
+# keeps that to a few milliseconds; folding them costs a 1M board ~0.1 s.)
+COMPACT_AT_BACKLOG = 5_000
 COMPACT_AT_AGE_SECONDS = 60.0
 
 
@@ -98,7 +100,7 @@ def exact_rank(engine: Engine, board: str, rank_key: str) -> int:
 
 def user_rank(engine: Engine, board: str, user_id: str) -> tuple[int, int] | None:
     """The user's total and exact rank among everyone on `board`, or None if they never scored."""
-    row = fetch_one(engine, USER_RANK, {"board": board, "user_id": user_id})
+    row = fetch_one(engine, USER_RANK, {"board": board, "user_id": user_id}, prepared="user_rank")
     return None if row is None else (int(row[0]), int(row[1]))
 
 
@@ -220,113 +222,152 @@ def _vacuum_deltas(engine: Engine) -> None:
 
 # -- Ranking queries: pages, around a user, friends ---------------------------
 
-# Every bucket of the board with the users before its start *now*: its count
-# at the last compaction plus the deltas below its start since, in one pass
-# over the buckets and the deltas in key order (a bucket sorts before a delta
-# of the same key, which does not count for it).
-_BUCKETS_NOW = """
-    marks AS (
-        SELECT start_key AS key, users_before, 0 AS delta, 1 AS is_bucket FROM rank_buckets WHERE board = :board
+
+def _up_to_date(name: str, buckets: str, base: str) -> str:
+    """CTEs ending in `{name}`: each bucket of `buckets` (rows of start_key, users_before)
+    with its count brought up to date (key, before).
+
+    Its count at the last compaction, plus `base` (the changes below the first
+    of them), plus the changes from the first up to it, in one pass in key
+    order (a bucket sorts before a change of the same key, which does not count
+    for it). Only the changes between the first and the last of the buckets
+    are read: a few when they are few, whatever the board's size.
+    """
+    lowest = f"coalesce((SELECT min(start_key) FROM {buckets}), '')"
+    return f"""
+    {name}_marks AS (
+        SELECT start_key AS key, users_before, 0 AS delta, 1 AS is_bucket FROM {buckets}
         UNION ALL
-        SELECT rank_key, 0, delta, 0 FROM rank_deltas WHERE board = :board
-    ), buckets AS (
+        SELECT rank_key, 0, delta, 0 FROM rank_deltas
+        WHERE board = :board AND rank_key >= {lowest} AND rank_key < (SELECT max(start_key) FROM {buckets})
+    ), {name} AS (
         SELECT key, before FROM (
             SELECT key, is_bucket,
-                   users_before + sum(delta) OVER (ORDER BY key, is_bucket DESC ROWS UNBOUNDED PRECEDING) AS before
-            FROM marks
+                   users_before + {base}
+                   + sum(delta) OVER (ORDER BY key, is_bucket DESC ROWS UNBOUNDED PRECEDING) AS before
+            FROM {name}_marks
         ) AS running
         WHERE is_bucket = 1
     )
 """
 
-# The last bucket with at most `{offset}` users before it (their counts only grow with the key).
-_START = """
-    start AS (SELECT key, before FROM buckets WHERE before <= {offset} ORDER BY key DESC LIMIT 1)
+
+def _from_rank(offset: str) -> str:
+    """CTEs ending in `start`: the bucket where rank `offset` + 1 is, and its count now.
+
+    A bucket's count is off by at most the number of changes since the last
+    compaction (`drift`), so the bucket is among those counted within `drift`
+    of `offset`, from the last counted below that (`near`).
+    """
+    return f"""
+    drift AS (SELECT count(*) AS n FROM rank_deltas WHERE board = :board),
+    lowest AS (
+        SELECT start_key, users_before FROM rank_buckets
+        WHERE board = :board AND users_before <= {offset} - (SELECT n FROM drift)
+        ORDER BY users_before DESC, start_key DESC LIMIT 1
+    ),
+    near AS (
+        SELECT start_key, users_before FROM rank_buckets
+        WHERE board = :board AND users_before >= coalesce((SELECT users_before FROM lowest), 0)
+          AND users_before <= {offset} + (SELECT n FROM drift)
+    ),
+    near_below AS (
+        SELECT coalesce(sum(delta), 0) AS d FROM rank_deltas
+        WHERE board = :board AND rank_key < coalesce((SELECT min(start_key) FROM near), '')
+    ),{_up_to_date("near_now", "near", "(SELECT d FROM near_below)")},
+    start AS (SELECT key, before FROM near_now WHERE before <= {offset} ORDER BY key DESC LIMIT 1)
 """
+
 
 # How many users the board has: the last bucket's count now plus the rows from its start.
 _SIZE = """
-    last AS (SELECT key, before FROM buckets ORDER BY key DESC LIMIT 1),
+    last AS (SELECT start_key, users_before FROM rank_buckets WHERE board = :board ORDER BY start_key DESC LIMIT 1),
     size AS (
-        SELECT coalesce((SELECT before FROM last), 0)
-               + (SELECT count(*) FROM scores WHERE board = :board AND rank_key >= coalesce((SELECT key FROM last), ''))
+        SELECT coalesce((SELECT users_before FROM last), 0)
+               + coalesce((SELECT sum(delta) FROM rank_deltas
+                           WHERE board = :board AND rank_key < coalesce((SELECT start_key FROM last), '')), 0)
+               + (SELECT count(*) FROM scores
+                  WHERE board = :board AND rank_key >= coalesce((SELECT start_key FROM last), ''))
                AS users
     )
 """
 
-# `:limit` entries from rank `{offset}` + 1 on: from the start of its bucket,
-# skipping the rest (less than a bucket) in the index; then their names.
-_PAGE = """
+
+def _page(offset: str, window: str) -> str:
+    """`:limit` entries from rank `offset` + 1 on (from the start of its bucket, skipping
+    less than a bucket in the index), with their names, the window's start and the size."""
+    return f"""
     page AS (
         SELECT user_id, total, rank_key FROM scores
         WHERE board = :board AND rank_key >= coalesce((SELECT key FROM start), '')
         ORDER BY rank_key
         LIMIT :limit OFFSET {offset} - coalesce((SELECT before FROM start), 0)
     )
-"""
-
-_ROWS = """
     SELECT window_start, size.users, page.user_id, page.total, user_names.name
     FROM size CROSS JOIN {window} LEFT JOIN page ON true LEFT JOIN user_names ON user_names.user_id = page.user_id
     ORDER BY page.rank_key
 """
 
-# A page: `:limit` entries from rank :offset + 1, and the board's size; one statement, one snapshot.
-PAGE = (
-    "WITH"
-    + _BUCKETS_NOW
-    + ","
-    + _SIZE
-    + ", asked AS (SELECT CAST(:offset AS bigint) AS window_start),"
-    + _START.format(offset=":offset")
-    + ","
-    + _PAGE.format(offset=":offset")
-    + _ROWS.format(window="asked")
-)
 
-# A user's rank (their bucket found through the index of rank_buckets, its
-# count now by a lookup in `buckets`, then the rows between its start and the user).
-_PLACED = """
+def _placed(name: str, listed: str) -> str:
+    """CTEs ending in `{name}_ranked`: each of `listed` (user_id, total, rank_key) with its
+    exact rank, by its bucket (found through the index of rank_buckets), that bucket's
+    count now, and the rows from its start."""
+    return f"""
     {name} AS (
         SELECT {listed}.user_id, {listed}.total, {listed}.rank_key, (
             SELECT start_key FROM rank_buckets
             WHERE board = :board AND start_key <= {listed}.rank_key ORDER BY start_key DESC LIMIT 1
         ) AS bucket
         FROM {listed}
-    ), {name}_ranked AS (
-        SELECT {name}.*, coalesce(buckets.before, 0)
+    ), {name}_buckets AS (
+        SELECT start_key, users_before FROM rank_buckets
+        WHERE board = :board AND start_key IN (SELECT bucket FROM {name})
+    ), {name}_below AS (
+        SELECT coalesce(sum(delta), 0) AS d FROM rank_deltas
+        WHERE board = :board AND rank_key < coalesce((SELECT min(start_key) FROM {name}_buckets), '')
+    ),{_up_to_date(f"{name}_now", f"{name}_buckets", f"(SELECT d FROM {name}_below)")},
+    {name}_ranked AS (
+        SELECT {name}.*, coalesce({name}_now.before, 0)
                + (SELECT count(*) FROM scores WHERE board = :board
                   AND rank_key >= coalesce({name}.bucket, '') AND rank_key < {name}.rank_key)
                + 1 AS rank
-        FROM {name} LEFT JOIN buckets ON buckets.key = {name}.bucket
+        FROM {name} LEFT JOIN {name}_now ON {name}_now.key = {name}.bucket
     )
 """
 
+
+# A page: `:limit` entries from rank :offset + 1, and the board's size; one statement, one snapshot.
+PAGE = (
+    "WITH"
+    + _SIZE
+    + ", asked AS (SELECT CAST(:offset AS bigint) AS window_start),"
+    + _from_rank(":offset")
+    + ","
+    + _page(":offset", "asked")
+)
+
 # `:limit` entries with the user in the middle, shifted at either end so that
 # there are still :limit (fewer only on a smaller board); no rows without the user.
+_CENTRED = "(SELECT window_start FROM centred)"
 AROUND = (
     "WITH"
-    + _BUCKETS_NOW
-    + ","
     + _SIZE
     + ", me AS (SELECT user_id, total, rank_key FROM scores WHERE board = :board AND user_id = :user_id),"
-    + _PLACED.format(name="mine", listed="me")
+    + _placed("mine", "me")
     + """, centred AS (
         SELECT {greatest}(0, {least}(mine_ranked.rank - 1 - :half, size.users - :limit)) AS window_start
         FROM mine_ranked CROSS JOIN size
     ),"""
-    + _START.format(offset="(SELECT window_start FROM centred)")
+    + _from_rank(_CENTRED)
     + ","
-    + _PAGE.format(offset="(SELECT window_start FROM centred)")
-    + _ROWS.format(window="centred")
+    + _page(_CENTRED, "centred")
 )
 
 # Each listed user's value and exact rank, in rank order; users without a score are left out.
 RANKS_OF = (
-    "WITH"
-    + _BUCKETS_NOW
-    + ", listed AS (SELECT user_id, total, rank_key FROM scores WHERE board = :board AND user_id {listed}),"
-    + _PLACED.format(name="friends", listed="listed")
+    "WITH listed AS (SELECT user_id, total, rank_key FROM scores WHERE board = :board AND user_id {listed}),"
+    + _placed("friends", "listed")
     + """
     SELECT friends_ranked.user_id, friends_ranked.total, user_names.name, friends_ranked.rank
     FROM friends_ranked LEFT JOIN user_names ON user_names.user_id = friends_ranked.user_id
@@ -371,7 +412,7 @@ def _ranking(rows: list[tuple[Any, ...]]) -> Ranking | None:
 
 def page(engine: Engine, board: Board, offset: int, limit: int) -> Ranking:
     """`limit` entries from rank `offset` + 1 (none past the end), exact, with the board's user count."""
-    ranking = _ranking(fetch_all(engine, PAGE, {"board": board.id, "offset": offset, "limit": limit}))
+    ranking = _ranking(fetch_all(engine, PAGE, {"board": board.id, "offset": offset, "limit": limit}, prepared="page"))
     assert ranking is not None
     return ranking
 
@@ -380,7 +421,7 @@ def around(engine: Engine, board: Board, user_id: str, limit: int) -> Ranking | 
     """`limit` entries with the user in the middle, shifted at the top and the bottom to stay `limit`
     long (shorter only when the board is); None when the user has no score."""
     params = {"board": board.id, "user_id": user_id, "limit": limit, "half": (limit - 1) // 2}
-    return _ranking(fetch_all(engine, AROUND, params))
+    return _ranking(fetch_all(engine, AROUND, params, prepared="around"))
 
 
 def ranks_of(engine: Engine, board: Board, user_ids: list[str]) -> list[Entry]:
@@ -389,5 +430,10 @@ def ranks_of(engine: Engine, board: Board, user_ids: list[str]) -> list[Entry]:
         return []
     dialect = engine.dialect.name
     listed: object = user_ids if dialect == "postgresql" else json.dumps(user_ids)
-    rows = fetch_all(engine, RANKS_OF.replace("{listed}", _LISTED[dialect]), {"board": board.id, "user_ids": listed})
+    rows = fetch_all(
+        engine,
+        RANKS_OF.replace("{listed}", _LISTED[dialect]),
+        {"board": board.id, "user_ids": listed},
+        prepared="friends",
+    )
     return [Entry(rank=int(rank), user_id=user, score=int(total), name=name) for user, total, name, rank in rows]
