@@ -348,7 +348,7 @@ def write_report(
             "windows of 10 around a random user; friends lists of 100 ids of which a tenth have no score.",
             "",
             "| query | requests/s | p50 ms | p90 ms | p99 ms | errors | one at a time: p50 ms | p99 ms |"
-            f" {ranks.get('backlog', 0):,} changes waiting: req/s | p50 ms | p99 ms |",
+            f" {ranks.get('changes_waiting', 0):,} changes waiting: req/s | p50 ms | p99 ms |",
             "|---|---|---|---|---|---|---|---|---|---|---|",
             *(
                 f"| {RANK_QUERY_NAMES.get(query, query)} | {run['rps']:,.0f} | {_ms(run['p50_us'])} |"

@@ -703,7 +703,7 @@ class Run:
             "users": sizes.rank_users,
             "load_seconds": loaded,
             "compaction": compact.stdout.strip(),
-            "backlog": backlog,
+            "changes_waiting": backlog,
             **queries["rank"],
             "queries": queries,
         }
