@@ -243,16 +243,18 @@ def write_report(
             "",
             f"### Writes spread over {spread['boards']:,} boards",
             "",
-            f"The same service and tokens, {spread['connections']} connections: `POST /boards/<random of"
-            f" {spread['boards']:,}>/score` (`bench/wrk/boards.lua`), alternating with `POST /score` on the default"
+            f"The same service and tokens, {spread['connections']} connections: `POST /boards/<one of"
+            f" {spread['boards']:,}>/score` (`bench/wrk/boards.lua`: each user always on the same board, so as many"
+            " rows are changed as on one board), alternating with `POST /score` on the default"
             f" board ({len(spread['spreads'])} runs over many boards, {len(spread['singles'])} on one board, the first"
             " being the table's above)."
             f" {spread['boards_written']:,} boards got writes; the boards were made as `PUT /admin/boards` makes them.",
             "",
-            "| run | req/s | p50 ms | p99 ms | errors |",
-            "|---|---|---|---|---|",
+            "| run | req/s | p50 ms | p99 ms | worker CPU ms per write | PostgreSQL CPU ms per write | errors |",
+            "|---|---|---|---|---|---|---|",
             *(
                 f"| {name} | {run['rps']:,.0f} | {_ms(run['p50_us'])} | {_ms(run['p99_us'])} |"
+                f" {_per_write(run, 'server_cpu')} | {_per_write(run, 'postgres_cpu')} |"
                 f" {run['status_errors'] + run['connect_errors'] + run['read_errors'] + run['timeouts']} |"
                 for name, run in [
                     *((f"one board #{i + 1}", run) for i, run in enumerate(spread["singles"])),
