@@ -281,13 +281,22 @@ class BoardHub:
 
     # -- viewers -----------------------------------------------------------
 
-    def join(self, feed: BoardFeed, ip: str = "") -> bool:
-        """Count a viewer in; False when draining, at the per-worker cap or at the per-IP cap."""
+    def full(self, feed: BoardFeed, ip: str = "") -> bool:
+        """Whether a viewer would be sent away now: draining, the board deleted, or at a cap."""
         from_ip = self._viewers_by_ip.get(ip, 0)
-        if self.draining or feed.ended or self.viewers >= self.max_viewers or from_ip >= self.max_viewers_per_ip:
-            self.stats["refused"] += 1
-            STREAMS_ENDED.labels("refused").inc()
+        return self.draining or feed.ended or self.viewers >= self.max_viewers or from_ip >= self.max_viewers_per_ip
+
+    def refuse(self) -> None:
+        """Count a viewer sent away."""
+        self.stats["refused"] += 1
+        STREAMS_ENDED.labels("refused").inc()
+
+    def join(self, feed: BoardFeed, ip: str = "") -> bool:
+        """Count a viewer in; False (and counted as refused) when `full`."""
+        if self.full(feed, ip):
+            self.refuse()
             return False
+        from_ip = self._viewers_by_ip.get(ip, 0)
         self.viewers += 1
         feed.viewers += 1
         VIEWERS.inc()

@@ -20,7 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from app.auth import is_valid_user_id, require_admin
 from app.board.hub import BoardHub, Frame
-from app.board.sse import StreamOptions, parse_last_event_id, stream_board
+from app.board.sse import StreamOptions, come_back_later, parse_last_event_id, stream_board
 from app.errors import InvalidQuery, ServiceUnavailable, UserNotFound
 from app.extensions import db
 from app.leaderboard import Board, BoardRegistry, ranks
@@ -130,10 +130,13 @@ def events(board_id: str | None = None) -> Response:
         heartbeat_seconds=settings.sse_heartbeat_seconds,
         coalesce_seconds=settings.sse_coalesce_ms / 1000,
     )
+    client_ip = request.remote_addr or ""
+    if hub.full(feed, client_ip):
+        # Sent away before any stream starts: one short, complete answer.
+        hub.refuse()
+        return Response(come_back_later(options), mimetype="text/event-stream", headers=SSE_HEADERS)
     last_event_id = parse_last_event_id(request.headers.get("Last-Event-ID"))
-    stream = stream_board(
-        hub, feed, options, last_event_id, client=socket, client_ip=request.remote_addr or "", chunked=chunked
-    )
+    stream = stream_board(hub, feed, options, last_event_id, client=socket, client_ip=client_ip, chunked=chunked)
     response = Response(stream, mimetype="text/event-stream", headers=SSE_HEADERS)
     response.direct_passthrough = True
     return response
