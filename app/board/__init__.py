@@ -7,7 +7,7 @@ from flask_cors import CORS
 
 from app.board.hub import BoardHub
 from app.extensions import db, init_hub_redis
-from app.leaderboard import Board, BoardCache, BoardRegistry
+from app.leaderboard import Board, BoardCache, BoardNotFound, BoardRegistry
 from app.leaderboard.rebuild import rebuild_board
 from config.settings import Settings
 
@@ -24,7 +24,7 @@ def init_board(app: Flask, settings: Settings, registry: BoardRegistry, cache: B
             registry.forget(board.id)
             current = registry.find(board.id)
             if current is None:
-                return None
+                raise BoardNotFound(board.id)
             with app.app_context():
                 try:
                     rebuild_board(db.session(), cache, current, reason="missing")
@@ -41,6 +41,7 @@ def init_board(app: Flask, settings: Settings, registry: BoardRegistry, cache: B
         heartbeat_seconds=settings.sse_heartbeat_seconds,
         coalesce_seconds=settings.sse_coalesce_ms / 1000,
         keep=registry.defaults.default_board(),
+        on_deleted=registry.forget,
     )
     # EventSource cannot send headers, so with BOARD_REQUIRE_AUTH the token
     # may also come in a cookie.

@@ -176,16 +176,19 @@ class BoardHub:
         heartbeat_seconds: float = 15.0,
         coalesce_seconds: float = 0.0,
         keep: Board | None = None,
+        on_deleted: Callable[[str], None] | None = None,
     ) -> None:
         """`client` is the hub's own (bytes, no health-check pings of its own); `load_latest`
         returns a board's current message (rebuilding it if needed); `keep` is a board
-        served even when idle (the default board)."""
+        served even when idle (the default board); `on_deleted(board_id)` hears of a
+        board deleted elsewhere."""
         self.heartbeat_seconds = heartbeat_seconds
         self.coalesce_seconds = coalesce_seconds
         self.max_viewers = max_viewers
         self.max_viewers_per_ip = max_viewers_per_ip or max_viewers
         self._redis = client
         self._load_latest = load_latest
+        self._on_deleted = on_deleted
         self._feeds: dict[str, BoardFeed] = {}
         self._by_channel: dict[str, BoardFeed] = {}
         self._keep = keep.id if keep else None
@@ -527,6 +530,8 @@ class BoardHub:
         try:
             if raw.startswith(b'{"type":"deleted"'):
                 self.end_board(feed.board.id)
+                if self._on_deleted is not None:
+                    self._on_deleted(feed.board.id)
                 return
             frame = Frame.from_message(raw)
         except (ValueError, KeyError, TypeError):

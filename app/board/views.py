@@ -23,7 +23,7 @@ from app.board.hub import BoardHub, Frame
 from app.board.sse import StreamOptions, come_back_later, parse_last_event_id, stream_board
 from app.errors import InvalidQuery, ServiceUnavailable, UserNotFound
 from app.extensions import db
-from app.leaderboard import Board, BoardRegistry, ranks
+from app.leaderboard import Board, BoardNotFound, BoardRegistry, ranks
 from app.leaderboard.ranks import PAGE_LIMIT_MAX, Entry, Ranking
 
 # The page's script and stylesheet are files served by us: no build step, no
@@ -115,7 +115,11 @@ def events(board_id: str | None = None) -> Response:
     # A new viewer gets the board at once, even before the listener's first
     # read; with Redis down it streams anyway (heartbeats now, the board later).
     with contextlib.suppress(redis.RedisError, SQLAlchemyError):
-        hub.current(board)
+        try:
+            hub.current(board)
+        except BoardNotFound:  # deleted since this worker last looked
+            hub.end_board(board.id)
+            raise
     # Under gunicorn the hub writes frames to the viewer's socket itself (see
     # app.board.hub); other servers get the frames through the generator.
     socket = request.environ.get("gunicorn.socket")
