@@ -80,7 +80,7 @@ def _build_app(name: str, settings: Settings | None) -> Flask:
     )
     with app.app_context():
         registry = BoardRegistry(db.engine, defaults)
-    cache = BoardCache(client)
+    cache = BoardCache(client, changes_retain=settings.changes_retain)
     app.extensions["boards"] = registry
     app.extensions["board_cache"] = cache
     _keep_boards(app, registry, cache)

@@ -4,22 +4,28 @@ flask --app wsgi_increment token alice --expires 1h [--admin] [--name "Alice"]
 flask --app wsgi_increment boards create laps --order asc --operator best
 flask --app wsgi_increment remove-user cheater --board laps
 flask --app wsgi_board rebuild [--board laps]
+flask --app wsgi_board changes follow --group achievements [--board laps]
 """
 
 from __future__ import annotations
 
 import json
+import signal
+import socket
+import sys
+import time
 from datetime import timedelta
 from typing import Any
 
 import click
+import redis
 from flask import Flask, current_app
 from flask.cli import AppGroup, with_appcontext
 from sqlalchemy.orm import Session
 
 from app.auth import is_valid_user_id, mint_token
 from app.extensions import db
-from app.leaderboard import Board, BoardCache, BoardRegistry, InvalidBoard
+from app.leaderboard import Board, BoardCache, BoardRegistry, InvalidBoard, changes
 from app.leaderboard.boards import utc_now
 from app.leaderboard.errors import BoardImmutable, BoardNotFound, BoardProtected
 from app.leaderboard.moderation import delete_board, erase_user, remove_entry
@@ -44,6 +50,7 @@ def register(app: Flask) -> None:
     app.cli.add_command(compact_ranks_command)
     app.cli.add_command(boards_group)
     app.cli.add_command(remove_user_command)
+    app.cli.add_command(changes_group)
 
 
 def _registry() -> BoardRegistry:
@@ -197,3 +204,75 @@ def remove_user_command(user_id: str, board_id: str | None) -> None:
         click.echo(f"removed {user_id!r} from board {board.id!r}")
         return
     click.echo(json.dumps(erase_user(db.engine, _cache(), _registry(), user_id).as_json()))
+
+
+changes_group = AppGroup("changes", help="Read the boards' change log.")
+
+
+@changes_group.command("follow")
+@click.option("--group", required=True, help="The consumer group: readers of one group share the entries.")
+@click.option("--board", "board_id", default=None, help="The board (default: the default board).")
+@click.option("--consumer", default=socket.gethostname(), show_default=True, help="This reader's name in the group.")
+@click.option("--batch", default=100, show_default=True, type=click.IntRange(1, 10_000), help="Entries per read.")
+@click.option(
+    "--claim-after",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(0.1, 86_400),
+    help="Seconds an entry another reader took may wait unacknowledged before this one claims it.",
+)
+@click.option(
+    "--stop-when-idle",
+    default=None,
+    type=click.FloatRange(0.1, 86_400),
+    help="Stop after this many seconds with nothing new (default: follow until stopped).",
+)
+def changes_follow(
+    group: str, board_id: str | None, consumer: str, batch: int, claim_after: float, stop_when_idle: float | None
+) -> None:
+    """Print each change of the board's log as a line of JSON, at least once, then acknowledge it.
+
+    The group resumes where it stopped, whichever reader stopped it; a new
+    group starts from the oldest entry kept. SIGTERM or Ctrl-C stop it
+    between two entries.
+    """
+    board = _board(board_id)
+    block_ms = 1000
+    settings = current_app.extensions["settings"]
+    client = redis.Redis.from_url(
+        settings.redis_url, socket_timeout=block_ms / 1000 + settings.redis_timeout_seconds, decode_responses=True
+    )
+    stopping = False
+    last_news = time.monotonic()
+
+    def stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    def keep_going() -> bool:
+        return not stopping and (stop_when_idle is None or time.monotonic() - last_news < stop_when_idle)
+
+    def hand_on(line: str) -> None:
+        nonlocal last_news
+        print(line, flush=True)  # out before it is acknowledged: at least once
+        last_news = time.monotonic()
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        changes.follow(
+            client,
+            board,
+            group,
+            consumer,
+            hand_on,
+            batch=batch,
+            block_ms=block_ms,
+            claim_idle_ms=int(claim_after * 1000),
+            keep_going=keep_going,
+        )
+    except KeyboardInterrupt:
+        pass
+    except BrokenPipeError:  # the reader of our output went away
+        sys.stderr.close()
+    finally:
+        client.close()

@@ -70,6 +70,11 @@ class Score(db.Model):  # type: ignore[name-defined,misc]
     # Grows with every change, and past the clock in µs: a row made again
     # after a delete is newer than any version of the one deleted.
     version: Mapped[int] = mapped_column(BigInteger)
+    # The value and version this row's last change replaced (None: it was the
+    # first), read from the locked row by that change's own upsert: exactly
+    # what the change log says it changed, whatever ran concurrently.
+    previous_total: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    previous_version: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     # The board's order (lower is better), copied to the row for rank_key.
     ascending: Mapped[bool] = mapped_column(Boolean, server_default=false())
     # The ranking order as one string, computed by the database (a generated

@@ -509,6 +509,34 @@ def _board_paths() -> dict[str, Any]:
             }
         }
 
+    def changes(board: list[Any]) -> dict[str, Any]:
+        return {
+            "get": {
+                "summary": "The board's change log, live, as Server-Sent Events." + auth_note,
+                "description": (
+                    "`retry:` on connect, then one frame per accepted change from now on, as `id: <entry id>` + "
+                    '`data: {"type":"score","board","userId","score","previous","rank","version","ts"}`. With '
+                    "`Last-Event-ID`, every change after that entry first; when that entry is no longer kept, "
+                    '`data: {"type":"gap"}` first and then the oldest entry kept onwards. `: ping` at least every '
+                    "15 s. Over a cap, while draining, or when the board is deleted: a `retry:` hint and the end."
+                ),
+                "operationId": "changes" + ("OfBoard" if board else ""),
+                "parameters": [
+                    *board,
+                    {"name": "Last-Event-ID", "in": "header", "required": False, "schema": {"type": "string"}},
+                    _REQUEST_ID,
+                ],
+                "responses": {
+                    "200": {
+                        "description": "The stream.",
+                        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                    },
+                    "401": unauthorized,
+                    "404": not_found,
+                },
+            }
+        }
+
     def leaderboard(board: list[Any]) -> dict[str, Any]:
         return {
             "get": {
@@ -561,6 +589,7 @@ def _board_paths() -> dict[str, Any]:
     return {
         "/": page([]),
         "/events": events([]),
+        "/changes": changes([]),
         "/leaderboard": leaderboard([]),
         "/leaderboard/users/{userId}": user_rank([]),
         "/boards": {
@@ -576,6 +605,7 @@ def _board_paths() -> dict[str, Any]:
         },
         "/boards/{boardId}/": page([_BOARD_PARAMETER]),
         "/boards/{boardId}/events": events([_BOARD_PARAMETER]),
+        "/boards/{boardId}/changes": changes([_BOARD_PARAMETER]),
         "/boards/{boardId}/leaderboard": leaderboard([_BOARD_PARAMETER]),
         "/boards/{boardId}/users/{userId}": user_rank([_BOARD_PARAMETER]),
         "/stats": {

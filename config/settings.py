@@ -44,6 +44,7 @@ VARIABLES = (
     "REDIS_URL",
     "LEADERBOARD_ID",
     "REDIS_CHANNEL",
+    "CHANGES_RETAIN",
     "TOP_N",
     "SCORE_MAX_INCREMENT",
     "MAX_CONTENT_LENGTH",
@@ -90,6 +91,8 @@ class Settings:
     redis_channel: str = "leaderboard:updated"
     top_n: int = 10
     score_max_increment: int = 1_000_000
+    # Entries each board's change log (a Redis Stream) keeps; 0 turns the log off.
+    changes_retain: int = 10_000
     max_content_length: int = 4096
     jwt_secret_key: str = DEVELOPMENT_JWT_SECRET
     jwt_algorithm: str = "HS256"
@@ -133,6 +136,7 @@ class Settings:
             leaderboard_id=reader.matching("LEADERBOARD_ID", cls.leaderboard_id, _BOARD_ID),
             redis_channel=reader.text("REDIS_CHANNEL", cls.redis_channel),
             top_n=reader.integer("TOP_N", cls.top_n, low=1, high=1000),
+            changes_retain=reader.integer("CHANGES_RETAIN", cls.changes_retain, low=0, high=10_000_000),
             score_max_increment=reader.integer(
                 "SCORE_MAX_INCREMENT", cls.score_max_increment, low=1, high=MAX_SAFE_TOTAL
             ),

@@ -19,6 +19,12 @@ timeout) and then catches up with the newest board. Heartbeats go out the
 same way. Streams with no socket of their own to write to (not under
 gunicorn: tests, other servers) wait on their board's "changed" event instead.
 
+The change log's live feed (`/changes`) rides on the same subscription: a
+`ChangeFeed` per board hears on the board's log channel that entries were
+added, reads them once for all its viewers here and keeps the newest
+CHANGES_KEPT. A viewer further behind than that reads its own way forward
+from Redis a page at a time, so no viewer makes the worker hold more.
+
 Needs gevent (the listener is a greenlet); never imports Flask.
 """
 
@@ -30,6 +36,7 @@ import os
 import random
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -39,7 +46,8 @@ import redis
 from gevent.event import Event
 from gevent.lock import BoundedSemaphore
 
-from app.leaderboard import Board
+from app.leaderboard import Board, changes
+from app.leaderboard.changes import Change
 from app.metrics import FRAMES_SENT, HUB_RECONNECTS, PUBLISH_TO_SEND_SECONDS, STREAMS_ENDED, VIEWERS
 
 log = logging.getLogger(__name__)
@@ -63,6 +71,11 @@ LOAD_WAIT_SECONDS = 5.0
 READS_AT_ONCE = 8
 
 HEARTBEAT = b": ping\n\n"
+
+# Entries of a board's change log a worker keeps for its viewers; one further
+# behind reads from Redis, CHANGES_PAGE at a time.
+CHANGES_KEPT = 1000
+CHANGES_PAGE = 200
 
 
 def http_chunk(data: bytes) -> bytes:
@@ -143,6 +156,58 @@ class BoardFeed:
         changed.set()
 
 
+class ChangeFeed:
+    """One board's change log as this worker serves it: its newest entries, for its viewers here."""
+
+    def __init__(self, board: Board) -> None:
+        self.board = board
+        self.channel = board.keys.changed
+        self.entries: deque[Change] = deque()
+        # Every entry after this position is in `entries` (None: not read yet).
+        self.complete_after: tuple[int, int] | None = None
+        self.newest = "0-0"
+        self.viewers = 0
+        self.used_at = time.monotonic()
+        self.ended = False
+        self.changed = Event()
+        self.reading = False
+        self.read_again = False
+
+    def after(self, position: tuple[int, int]) -> list[Change] | None:
+        """The entries after `position` this worker holds; None when it holds no such entries
+        back to `position` (the viewer reads those from Redis)."""
+        if self.complete_after is None or position < self.complete_after:
+            return None
+        return [change for change in self.entries if change.position > position]
+
+    def add(self, found: list[Change]) -> None:
+        newest = changes.parse_id(self.newest) or (0, 0)
+        for change in found:
+            if change.position <= newest:  # two reads overlapped
+                continue
+            newest = change.position
+            if len(self.entries) >= CHANGES_KEPT:
+                self.complete_after = self.entries.popleft().position
+            self.entries.append(change)
+            self.newest = change.id
+
+    def restart(self, newest: str) -> None:
+        """Hold nothing, and everything after `newest` from now on."""
+        self.entries.clear()
+        self.newest = newest
+        self.complete_after = changes.parse_id(newest)
+
+    def wait_for_change(self, timeout: float) -> bool:
+        return bool(self.changed.wait(timeout))
+
+    def wake(self) -> None:
+        changed, self.changed = self.changed, Event()
+        changed.set()
+
+
+Feed = BoardFeed | ChangeFeed
+
+
 class DirectViewer:
     """A stream the hub writes to directly: its socket, its board, and how far it got."""
 
@@ -191,6 +256,8 @@ class BoardHub:
         self._on_deleted = on_deleted
         self._feeds: dict[str, BoardFeed] = {}
         self._by_channel: dict[str, BoardFeed] = {}
+        self._change_feeds: dict[str, ChangeFeed] = {}
+        self._changes_by_channel: dict[str, ChangeFeed] = {}
         self._keep = keep.id if keep else None
         self._lock = threading.Lock()  # the feeds, and commands on the subscription
         self._reads = BoundedSemaphore(READS_AT_ONCE)
@@ -225,6 +292,59 @@ class BoardHub:
     @property
     def boards(self) -> int:
         return len(self._feeds)
+
+    def change_feed(self, board: Board) -> ChangeFeed:
+        """This worker's feed of `board`'s change log, subscribed to from now on."""
+        feed = self._change_feeds.get(board.id)
+        if feed is None or feed.ended:
+            with self._lock:
+                feed = ChangeFeed(board)
+                self._change_feeds[board.id] = feed
+                self._changes_by_channel[feed.channel] = feed
+                self._command("subscribe", feed.channel)
+        feed.board = board
+        feed.used_at = time.monotonic()
+        return feed
+
+    def newest_change(self, feed: ChangeFeed) -> str:
+        """The id of the newest entry of the feed's log, as Redis has it now."""
+        with self._reads:
+            return changes.newest_id(self._redis, feed.board)
+
+    def changes_after(self, feed: ChangeFeed, after: str) -> tuple[list[Change], bool]:
+        """A page of entries after `after` from Redis ("0-0": from the oldest kept), and
+        whether entries after `after` are gone."""
+        with self._reads:
+            gone = after != "0-0" and changes.missed(self._redis, feed.board, after)
+            return changes.read_after(self._redis, feed.board, "0-0" if gone else after, CHANGES_PAGE), gone
+
+    def _catch_up(self, feed: ChangeFeed, *, restart: bool = False) -> None:
+        """Read the entries the feed does not hold yet, once for all its viewers here (a greenlet).
+
+        `restart`: first forget what it holds (after a reconnect, entries may
+        have been missed): viewers behind read from Redis, and learn of a gap.
+        """
+        if feed.reading and not restart:
+            feed.read_again = True
+            return
+        feed.reading = True
+        try:
+            if restart or feed.complete_after is None:
+                feed.restart(self.newest_change(feed))
+                feed.wake()
+            while True:
+                with self._reads:
+                    found = changes.read_after(self._redis, feed.board, feed.newest, CHANGES_PAGE)
+                feed.add(found)
+                if found:
+                    feed.wake()
+                if len(found) < CHANGES_PAGE and not feed.read_again:
+                    break
+                feed.read_again = False
+        except Exception as exc:  # Redis away: the next notice, or the resubscription, reads again
+            log.warning("board hub could not read the change log of %s: %s", feed.board.id, exc.__class__.__name__)
+        finally:
+            feed.reading = False
 
     def offer(self, feed: BoardFeed, frame: Frame) -> bool:
         """Take `frame` if it is newer than the board's latest; wake its viewers. Versions never go back."""
@@ -270,21 +390,26 @@ class BoardHub:
         """The board was deleted: end every stream of it here (with a retry hint) and forget it."""
         with self._lock:
             feed = self._feeds.pop(board_id, None)
-            if feed is None:
-                return
-            self._by_channel.pop(feed.channel, None)
-            self._command("unsubscribe", feed.channel)
-        feed.ended = True
-        self._end_streams(feed)
+            change_feed = self._change_feeds.pop(board_id, None)
+            for ended in (feed, change_feed):
+                if ended is not None:
+                    self._by_channel.pop(ended.channel, None)
+                    self._changes_by_channel.pop(ended.channel, None)
+                    self._command("unsubscribe", ended.channel)
+        for ended in (feed, change_feed):
+            if ended is not None:
+                ended.ended = True
+                self._end_streams(ended)
 
-    def _end_streams(self, feed: BoardFeed) -> None:
+    def _end_streams(self, feed: Feed) -> None:
         feed.wake()
-        for viewer in list(feed.direct):
-            viewer.wake.set()
+        if isinstance(feed, BoardFeed):
+            for viewer in list(feed.direct):
+                viewer.wake.set()
 
     # -- viewers -----------------------------------------------------------
 
-    def full(self, feed: BoardFeed, ip: str = "") -> bool:
+    def full(self, feed: Feed, ip: str = "") -> bool:
         """Whether a viewer would be sent away now: draining, the board deleted, or at a cap."""
         from_ip = self._viewers_by_ip.get(ip, 0)
         return self.draining or feed.ended or self.viewers >= self.max_viewers or from_ip >= self.max_viewers_per_ip
@@ -294,7 +419,7 @@ class BoardHub:
         self.stats["refused"] += 1
         STREAMS_ENDED.labels("refused").inc()
 
-    def join(self, feed: BoardFeed, ip: str = "") -> bool:
+    def join(self, feed: Feed, ip: str = "") -> bool:
         """Count a viewer in; False (and counted as refused) when `full`."""
         if self.full(feed, ip):
             self.refuse()
@@ -307,7 +432,7 @@ class BoardHub:
         self.stats["streams"] += 1
         return True
 
-    def leave(self, feed: BoardFeed, ip: str = "") -> None:
+    def leave(self, feed: Feed, ip: str = "") -> None:
         self.viewers -= 1
         feed.viewers -= 1
         feed.used_at = time.monotonic()
@@ -319,10 +444,13 @@ class BoardHub:
     def drain(self) -> None:
         """Shutting down: refuse new viewers and tell every open stream to end."""
         self.draining = True
-        for feed in list(self._feeds.values()):
+        for feed in self._all_feeds():
             self._end_streams(feed)
 
-    def must_end(self, feed: BoardFeed) -> bool:
+    def _all_feeds(self) -> list[Feed]:
+        return [*self._feeds.values(), *self._change_feeds.values()]
+
+    def must_end(self, feed: Feed) -> bool:
         return self.draining or feed.ended
 
     # -- direct writes -----------------------------------------------------
@@ -403,6 +531,9 @@ class BoardHub:
                 self._drop(feed)
             elif feed.viewers and feed.latest is None and feed.loading is None and self.connected:
                 gevent.spawn(self._refresh_quietly, feed)  # an earlier read failed: its viewers still wait
+        for change_feed in list(self._change_feeds.values()):
+            if change_feed.viewers == 0 and now - change_feed.used_at > IDLE_SECONDS:
+                self._drop_changes(change_feed)
         self.report_frames_sent()
 
     def _drop(self, feed: BoardFeed) -> None:
@@ -410,6 +541,13 @@ class BoardHub:
             if self._feeds.get(feed.board.id) is feed and feed.viewers == 0:
                 del self._feeds[feed.board.id]
                 self._by_channel.pop(feed.channel, None)
+                self._command("unsubscribe", feed.channel)
+
+    def _drop_changes(self, feed: ChangeFeed) -> None:
+        with self._lock:
+            if self._change_feeds.get(feed.board.id) is feed and feed.viewers == 0:
+                del self._change_feeds[feed.board.id]
+                self._changes_by_channel.pop(feed.channel, None)
                 self._command("unsubscribe", feed.channel)
 
     # -- the subscription --------------------------------------------------
@@ -469,7 +607,7 @@ class BoardHub:
         pubsub = self._redis.pubsub()  # type: ignore[no-untyped-call]
         try:
             with self._lock:
-                channels = [feed.channel for feed in self._feeds.values()]
+                channels = [feed.channel for feed in self._all_feeds()]
                 if channels:
                     pubsub.subscribe(*channels)
                 self._pubsub = pubsub
@@ -499,7 +637,14 @@ class BoardHub:
         if kind not in ("message", "subscribe"):
             return  # a pong or an unsubscribe: it only proves the connection alive
         channel = message["channel"]
-        feed = self._by_channel.get(channel.decode() if isinstance(channel, bytes) else channel)
+        channel = channel.decode() if isinstance(channel, bytes) else channel
+        change_feed = self._changes_by_channel.get(channel)
+        if change_feed is not None:
+            # Subscribed (again, maybe after missing notices): start over from the newest entry.
+            # A notice: read what came after what the feed holds.
+            gevent.spawn(self._catch_up, change_feed, restart=kind == "subscribe")
+            return
+        feed = self._by_channel.get(channel)
         if feed is None:
             return
         if kind == "subscribe":

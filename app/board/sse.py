@@ -20,8 +20,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import gevent
+import redis
 
-from app.board.hub import HEARTBEAT, BoardFeed, BoardHub, ClientGone, DirectViewer
+from app.board.hub import HEARTBEAT, BoardFeed, BoardHub, ChangeFeed, ClientGone, DirectViewer
+from app.leaderboard import changes
+from app.leaderboard.changes import Change
 from app.metrics import STREAMS_ENDED
 
 
@@ -186,5 +189,82 @@ def _frames(hub: BoardHub, feed: BoardFeed, options: StreamOptions, last_event_i
             yield HEARTBEAT
             next_heartbeat = time.monotonic() + options.heartbeat_seconds
         else:
+            feed.wait_for_change(next_heartbeat - now)
+    yield come_back_later(options)
+
+
+def change_frame(change: Change) -> bytes:
+    return f"id: {change.id}\ndata: {change.data}\n\n".encode()
+
+
+GAP_FRAME = f"data: {changes.GAP}\n\n".encode()
+
+
+def stream_changes(
+    hub: BoardHub,
+    feed: ChangeFeed,
+    options: StreamOptions,
+    last_event_id: str | None,
+    client: socket.socket | None = None,
+    client_ip: str = "",
+) -> Iterator[bytes]:
+    """One viewer of a board's change log: every entry after `last_event_id` (a gap first when
+    some are gone), or from now on without one; each once, in order, until the viewer goes.
+
+    Entries come from what the hub holds for every viewer here; a viewer
+    behind that reads its own way forward from Redis, a page at a time. A
+    heartbeat comment goes out whenever nothing else was sent for
+    `heartbeat_seconds`. Ends with a retry hint when the worker drains or the
+    board is deleted.
+    """
+    if not hub.join(feed, client_ip):
+        yield come_back_later(options)
+        return
+    ended = "dropped"
+    try:
+        with ended_when_client_leaves(client):
+            yield from _changes(hub, feed, options, last_event_id)
+        ended = "draining"
+    except ClientGone:
+        ended = "client_gone"
+        raise
+    finally:
+        hub.leave(feed, client_ip)
+        STREAMS_ENDED.labels(ended).inc()
+
+
+def _changes(hub: BoardHub, feed: ChangeFeed, options: StreamOptions, last_event_id: str | None) -> Iterator[bytes]:
+    yield retry_hint(options.retry_ms)
+    after = last_event_id.strip() if last_event_id and changes.parse_id(last_event_id) else None
+    position = changes.parse_id(after) or (0, 0)
+    next_heartbeat = time.monotonic() + options.heartbeat_seconds
+    while not hub.must_end(feed):
+        held = None if after is None else feed.after(position)
+        behind, gone = held is None, False
+        try:
+            if after is None:  # no Last-Event-ID: from now on
+                after = hub.newest_change(feed)
+                position = changes.parse_id(after) or (0, 0)
+                continue
+            if held is None:
+                held, gone = hub.changes_after(feed, after)
+        except redis.RedisError:  # Redis away: heartbeats meanwhile, then on from where we were
+            held = []
+            feed.wait_for_change(min(1.0, max(0.0, next_heartbeat - time.monotonic())))
+        if gone:
+            yield GAP_FRAME
+            after, position = "0-0", (0, 0)  # on from the oldest entry kept
+        if held:
+            yield b"".join(change_frame(change) for change in held)
+            hub.stats["frames_sent"] += len(held)
+            after, position = held[-1].id, held[-1].position
+            next_heartbeat = time.monotonic() + options.heartbeat_seconds
+            if behind:
+                continue
+        now = time.monotonic()
+        if now >= next_heartbeat:
+            yield HEARTBEAT
+            next_heartbeat = now + options.heartbeat_seconds
+        elif not held:
             feed.wait_for_change(next_heartbeat - now)
     yield come_back_later(options)

@@ -20,7 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from app.auth import is_valid_user_id, require_admin
 from app.board.hub import BoardHub, Frame
-from app.board.sse import StreamOptions, come_back_later, parse_last_event_id, stream_board
+from app.board.sse import StreamOptions, come_back_later, parse_last_event_id, stream_board, stream_changes
 from app.errors import InvalidQuery, ServiceUnavailable, UserNotFound
 from app.extensions import db
 from app.leaderboard import Board, BoardNotFound, BoardRegistry, ranks
@@ -129,11 +129,7 @@ def events(board_id: str | None = None) -> Response:
         socket.settimeout(settings.sse_write_timeout_seconds)
     # gunicorn frames an HTTP/1.1 body in chunks; the hub must frame its writes the same way.
     chunked = request.environ.get("SERVER_PROTOCOL") == "HTTP/1.1"
-    options = StreamOptions(
-        retry_ms=settings.sse_retry_ms,
-        heartbeat_seconds=settings.sse_heartbeat_seconds,
-        coalesce_seconds=settings.sse_coalesce_ms / 1000,
-    )
+    options = _stream_options()
     client_ip = request.remote_addr or ""
     if hub.full(feed, client_ip):
         # Sent away before any stream starts: one short, complete answer.
@@ -141,6 +137,42 @@ def events(board_id: str | None = None) -> Response:
         return Response(come_back_later(options), mimetype="text/event-stream", headers=SSE_HEADERS)
     last_event_id = parse_last_event_id(request.headers.get("Last-Event-ID"))
     stream = stream_board(hub, feed, options, last_event_id, client=socket, client_ip=client_ip, chunked=chunked)
+    response = Response(stream, mimetype="text/event-stream", headers=SSE_HEADERS)
+    response.direct_passthrough = True
+    return response
+
+
+def _stream_options() -> StreamOptions:
+    settings = current_app.extensions["settings"]
+    return StreamOptions(
+        retry_ms=settings.sse_retry_ms,
+        heartbeat_seconds=settings.sse_heartbeat_seconds,
+        coalesce_seconds=settings.sse_coalesce_ms / 1000,
+    )
+
+
+@bp.get("/changes")
+@bp.get("/boards/<board_id>/changes")
+def changes(board_id: str | None = None) -> Response:
+    """A board's change log, live, as Server-Sent Events: one frame per accepted change;
+    `Last-Event-ID` replays every change since that entry."""
+    board = find_board(board_id)
+    if request.method == "HEAD":
+        return Response(mimetype="text/event-stream", headers=SSE_HEADERS)
+    settings = current_app.extensions["settings"]
+    hub = board_hub()
+    feed = hub.change_feed(board)
+    socket = request.environ.get("gunicorn.socket")
+    if socket is not None:
+        socket.settimeout(settings.sse_write_timeout_seconds)
+    options = _stream_options()
+    client_ip = request.remote_addr or ""
+    if hub.full(feed, client_ip):
+        hub.refuse()
+        return Response(come_back_later(options), mimetype="text/event-stream", headers=SSE_HEADERS)
+    stream = stream_changes(
+        hub, feed, options, request.headers.get("Last-Event-ID"), client=socket, client_ip=client_ip
+    )
     response = Response(stream, mimetype="text/event-stream", headers=SSE_HEADERS)
     response.direct_passthrough = True
     return response

@@ -13,6 +13,7 @@ the keeper and the tests share it. One module per concern:
 - writes       submit_score, submit_scores, group commit, publish
 - rebuild      the SQL top N, rebuild_board, board_drift
 - ranks        the SQL rank index: exact ranks, pages, around a user, friends
+- changes      the change log (a Redis Stream per board): reading it, consumer groups
 - names        display names from the token's `name` claim
 - moderation   delete a board, remove an entry, erase a user
 - errors       what the domain refuses

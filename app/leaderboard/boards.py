@@ -66,6 +66,11 @@ class BoardKeys:
     names: str
     gone: str
     origin: str
+    changes: str  # the change log: a stream, one entry per accepted change (app.leaderboard.changes)
+    changed: str  # not a key: the Pub/Sub channel that says the change log grew
+    logged: str  # the row version of each user's change logged last (so the log keeps commit order)
+    held: str  # changes waiting for the one before them, and since when
+    held_since: str
 
     @classmethod
     def for_board(cls, board_id: str) -> BoardKeys:
@@ -78,10 +83,28 @@ class BoardKeys:
             names=f"{prefix}:names",
             gone=f"{prefix}:gone",
             origin=f"{prefix}:origin",
+            changes=f"{prefix}:changes",
+            changed=f"{prefix}:changed",
+            logged=f"{prefix}:logged",
+            held=f"{prefix}:held",
+            held_since=f"{prefix}:held-since",
         )
 
     def as_list(self) -> list[str]:
-        return [self.top, self.members, self.version, self.latest, self.names, self.gone, self.origin]
+        """The keys, in the order APPLY_SCRIPT takes them."""
+        return [
+            self.top,
+            self.members,
+            self.version,
+            self.latest,
+            self.names,
+            self.gone,
+            self.origin,
+            self.changes,
+            self.logged,
+            self.held,
+            self.held_since,
+        ]
 
 
 def channel_for(board_id: str) -> str:

@@ -25,6 +25,13 @@ from app.metrics import REDIS_SCRIPT_SECONDS
 # take from its commit to its script, so a late, older write of that user is
 # refused rather than put back.
 GONE_TTL_SECONDS = 60
+# Entries each board's change log keeps by default (CHANGES_RETAIN).
+CHANGES_RETAIN = 10_000
+# Longest a change waits in Redis for the user's change before it (committed
+# first, by another process) to be logged: far longer than the few
+# milliseconds between a commit and its script, short enough that a change
+# whose predecessor's update failed is still logged soon.
+HOLD_MS = 2000
 
 # APPLY_SCRIPT: merge standings into a board's top-N sorted set, atomically.
 #
@@ -38,13 +45,17 @@ GONE_TTL_SECONDS = 60
 # KEYS[6] gone     hash userId -> the least row version still welcome, for users who left
 #                  lately (expires GONE_TTL_SECONDS after the last change)
 # KEYS[7] origin   the uid of the SQL board this cache was built from
+# KEYS[8] changes  the change log, a stream: one entry per submission written ("write" mode)
+# KEYS[9] logged   hash userId -> row version of the user's change logged last
+# KEYS[10] held    hash "<userId>:<row version awaited>" -> a change waiting for the one before it
+# KEYS[11] held_since  sorted set of those, by when they began to wait (ms)
 # ARGV[1] N        board size
 # ARGV[2] channel  Pub/Sub channel for the update messages
 # ARGV[3] mode     "write": each standing is a submission, applied and published
-#                  on its own, in the order given; refused ("uninitialized") when
-#                  the board was never built or was built from another origin;
-#                  "short" when a user on the board fell to its last place (the
-#                  caller then fills it: only SQL knows who is below).
+#                  on its own, in the order given, and appended to the change log;
+#                  refused ("uninitialized") when the board was never built or was
+#                  built from another origin; "short" when a user on the board fell
+#                  to its last place (the caller then fills it: only SQL knows who is below).
 #                  "merge": any number of standings, one message; "fill": a merge
 #                  of SQL's top N after "short", always published; "replace":
 #                  empty the set first, then as merge
@@ -54,14 +65,25 @@ GONE_TTL_SECONDS = 60
 # ARGV[7] user     merge and replace: userId the message names as updatedUser ("" for none)
 # ARGV[8] value    merge and replace: that user's new value, the message's newScore ("" for none)
 # ARGV[9] remember "1" when a user's newer value may be worse (set): who leaves is noted in `gone`
-# ARGV[10] G       removals that follow: G pairs of userId, least version still welcome
-# ARGV[11 + 2G..]  standings, five each: userId, value, member, row version, name ("" for none)
+# ARGV[10] retain  entries the change log keeps (about: MAXLEN ~); 0: no log
+# ARGV[11] log board  the board id the change log's entries name
+# ARGV[12] log channel  where the id of the log's newest entry is published after a write
+# ARGV[13] G       removals that follow: G pairs of userId, least version still welcome
+# ARGV[14 + 2G..]  standings, seven each: userId, value, member, row version, name ("" for none),
+#                  and for the log: the value before ("" for none), SQL's rank ("" past N)
+#                  and the row version the change replaced ("" for none)
 #
 # A standing of a user already on the board is admitted when its row version
 # is newer; of another user, when the board has fewer than N entries or it
 # ranks ahead of the last entry. So a late, stale write is a no-op, whatever
 # the operator. On a change: trim to N, set version = max(version + 1, now in
 # µs) (monotonic even across a flushed Redis), store and PUBLISH the message.
+# In write mode every standing is also appended to the change log, admitted or
+# not (each is a change SQL accepted), with the board version it left; then the
+# newest entry's id is published once on the log's channel. A user's changes go
+# into the log in commit order: one whose predecessor (the row version it
+# replaced) is not logged yet, because another process's call for it is still
+# on its way, waits in `held` until that one comes, or HOLD_MS at most.
 #
 # Returns {status, last version or false}; status is written, unchanged, short or uninitialized.
 APPLY_SCRIPT = (
@@ -70,8 +92,15 @@ local top, members, version_key, latest_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local names, gone, origin_key = KEYS[5], KEYS[6], KEYS[7]
 local n, channel, mode = tonumber(ARGV[1]), ARGV[2], ARGV[3]
 local direction, origin, label = tonumber(ARGV[4]), ARGV[5], ARGV[6]
+local changes = KEYS[8]
+local logged_key, held, held_since = KEYS[9], KEYS[10], KEYS[11]
 local remember_gone = ARGV[9] == '1'
-local first = 11 + 2 * tonumber(ARGV[10])
+local retain, log_board, log_channel = tonumber(ARGV[10]), ARGV[11], ARGV[12]
+local first = 14 + 2 * tonumber(ARGV[13])
+local STRIDE = 8
+local HOLD_MS = """
+    + str(HOLD_MS)
+    + """
 local GONE_TTL = """
     + str(GONE_TTL_SECONDS)
     + """
@@ -167,6 +196,85 @@ local function trim()
   redis.call('ZREMRANGEBYRANK', top, n, -1)
 end
 
+local function ts_of(now)
+  return now[1] .. '.' .. string.format('%06d', tonumber(now[2]))
+end
+
+-- Appends one accepted change to the log; returns its entry id.
+local function append(user, value, previous, rank, row_version)
+  if previous == '' then previous = 'null' end
+  if rank == '' then rank = 'null' end
+  local version = redis.call('GET', version_key) or '0'
+  local entry = '{"type":"score","board":' .. cjson.encode(log_board)
+    .. ',"userId":' .. cjson.encode(user) .. ',"score":' .. value .. ',"previous":' .. previous
+    .. ',"rank":' .. rank .. ',"version":' .. version .. ',"ts":' .. ts_of(redis.call('TIME')) .. '}'
+  local id = redis.call('XADD', changes, 'MAXLEN', '~', retain, '*', 'data', entry)
+  redis.call('HSET', logged_key, user, row_version)
+  return id
+end
+
+-- Logs the changes that waited for the user's change `row_version`, in order; returns the last id.
+local function release_after(user, row_version)
+  local id = false
+  local waiting_key = user .. ':' .. row_version
+  local waiting = redis.call('HGET', held, waiting_key)
+  while waiting do
+    redis.call('HDEL', held, waiting_key)
+    redis.call('ZREM', held_since, waiting_key)
+    local change = cjson.decode(waiting)
+    id = append(user, change[1], change[2], change[3], change[4])
+    waiting_key = user .. ':' .. change[4]
+    waiting = redis.call('HGET', held, waiting_key)
+  end
+  return id
+end
+
+local function now_ms()
+  local now = redis.call('TIME')
+  return tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+end
+
+-- Logs a change now, or holds it while the change before it is not logged yet; returns the last id logged.
+-- A change whose predecessor is unknown here (never logged, or forgotten) waits only
+-- when that predecessor is recent: row versions are at least the commit time in µs.
+local function log_change(user, value, previous, rank, row_version, previous_version)
+  local last = redis.call('HGET', logged_key, user)
+  local ready = previous_version == ''
+  if not ready and last then
+    ready = tonumber(last) >= tonumber(previous_version)
+  elseif not ready then
+    ready = now_ms() * 1000 - tonumber(previous_version) > HOLD_MS * 1000
+  end
+  if ready then
+    local id = append(user, value, previous, rank, row_version)
+    return release_after(user, row_version) or id
+  end
+  local waiting_key = user .. ':' .. previous_version
+  redis.call('HSET', held, waiting_key, cjson.encode({value, previous, rank, row_version}))
+  redis.call('ZADD', held_since, now_ms(), waiting_key)
+  return false
+end
+
+-- Changes that waited HOLD_MS for one that never came (its update failed): logged now.
+local function release_stale()
+  if redis.call('ZCARD', held_since) == 0 then
+    return false
+  end
+  local id = false
+  for _, waiting_key in ipairs(redis.call('ZRANGEBYSCORE', held_since, '-inf', now_ms() - HOLD_MS)) do
+    local waiting = redis.call('HGET', held, waiting_key)
+    redis.call('HDEL', held, waiting_key)
+    redis.call('ZREM', held_since, waiting_key)
+    if waiting then
+      local user = string.match(waiting_key, '^(.*):[^:]*$')
+      local change = cjson.decode(waiting)
+      id = append(user, change[1], change[2], change[3], change[4])
+      id = release_after(user, change[4]) or id
+    end
+  end
+  return id
+end
+
 local function publish(updated, updated_value)
   local now = redis.call('TIME')
   local now_us = tonumber(now[1]) * 1000000 + tonumber(now[2])
@@ -206,7 +314,7 @@ local function publish(updated, updated_value)
     message = message .. ',"names":{' .. table.concat(named, ',') .. '}'
   end
   message = message .. ',"version":' .. version_text
-    .. ',"ts":' .. now[1] .. '.' .. string.format('%06d', tonumber(now[2])) .. '}'
+    .. ',"ts":' .. ts_of(now) .. '}'
   redis.call('SET', latest_key, message)
   redis.call('PUBLISH', channel, message)
   return version_text
@@ -217,7 +325,8 @@ if mode == 'write' then
     return {'uninitialized', false}
   end
   local version, short = false, false
-  for i = first, #ARGV, 5 do
+  local logged = retain > 0 and release_stale()
+  for i = first, #ARGV, STRIDE do
     local admitted, fell = admit(ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4])
     short = short or fell
     if admitted then
@@ -228,6 +337,12 @@ if mode == 'write' then
         version = publish(ARGV[i], ARGV[i + 1])
       end
     end
+    if retain > 0 then
+      logged = log_change(ARGV[i], ARGV[i + 1], ARGV[i + 5], ARGV[i + 6], ARGV[i + 3], ARGV[i + 7]) or logged
+    end
+  end
+  if logged then
+    redis.call('PUBLISH', log_channel, logged)
   end
   if short then
     return {'short', version}
@@ -239,7 +354,7 @@ if mode == 'write' then
 end
 
 local changed = mode == 'fill'
-for i = 11, first - 1, 2 do
+for i = 14, first - 1, 2 do
   note_gone(ARGV[i], ARGV[i + 1])
   changed = take_off(ARGV[i]) or changed
 end
@@ -255,7 +370,7 @@ local passes = 1
 local pass = 0
 while pass < passes do
   pass = pass + 1
-  for i = first, #ARGV, 5 do
+  for i = first, #ARGV, STRIDE do
     local admitted, fell = admit(ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4])
     changed = admitted or changed
     if fell then
@@ -291,14 +406,15 @@ class Removal:
 class BoardCache:
     """The Redis side of every board: their keys, the one script and their channels."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, changes_retain: int = CHANGES_RETAIN) -> None:
         self.redis = client
+        self.changes_retain = changes_retain
         self._apply = client.register_script(APPLY_SCRIPT)
         # Boards whose update failed here after a commit: the keeper checks them against SQL.
         self.stale_boards: set[str] = set()
 
-    @staticmethod
     def _args(
+        self,
         board: Board,
         standings: Sequence[Standing],
         mode: str,
@@ -315,12 +431,17 @@ class BoardCache:
             updated.user_id if updated else "",
             updated.total if updated else "",
             "1" if may_worsen(board.operator) else "0",
+            self.changes_retain,
+            board.id,
+            board.keys.changed,
             len(removals),
         ]
         for removal in removals:
             args += [removal.user_id, removal.welcome_from]
-        for standing in standings:
-            args += [standing.user_id, standing.total, standing.member, standing.version, standing.name or ""]
+        for one in standings:
+            args += [one.user_id, one.total, one.member, one.version, one.name or ""]
+            args += ["" if one.previous is None else one.previous, "" if one.rank is None else one.rank]
+            args += ["" if one.previous_version is None else one.previous_version]
         return args
 
     def apply(

@@ -51,9 +51,10 @@ _UPSERT = """
     SELECT :board, :user_id, :value, {now}, {now_us}, boards.sort_order = 'asc'
     FROM boards WHERE boards.id = :board AND boards.uid = :uid
     ON CONFLICT (board, user_id) DO UPDATE
-    SET total = {total}, reached_at = {now}, version = {greatest}(scores.version + 1, {now_us})
+    SET total = {total}, reached_at = {now}, version = {greatest}(scores.version + 1, {now_us}),
+        previous_total = scores.total, previous_version = scores.version
     WHERE {changes}
-    RETURNING total, reached_at, rank_key, version
+    RETURNING total, reached_at, rank_key, version, previous_total, previous_version
 """
 
 _CURRENT = """
@@ -99,14 +100,16 @@ _UPSERT_MANY_AND_AHEAD = """
         SELECT board, user_id, value, {now}, {now_us}, ascending FROM submitted
         ORDER BY board, user_id
         ON CONFLICT (board, user_id) DO UPDATE
-        SET total = {total}, reached_at = {now}, version = {greatest}(scores.version + 1, {now_us})
+        SET total = {total}, reached_at = {now}, version = {greatest}(scores.version + 1, {now_us}),
+            previous_total = scores.total, previous_version = scores.version
         WHERE {changes}
-        RETURNING board, user_id, total, reached_at, rank_key, version
+        RETURNING board, user_id, total, reached_at, rank_key, version, previous_total, previous_version
     )
     SELECT submitted.board, submitted.user_id,
            coalesce(upserted.total, old.total), coalesce(upserted.reached_at, old.reached_at),
            coalesce(upserted.rank_key, old.rank_key), coalesce(upserted.version, old.version),
            upserted.user_id IS NOT NULL,
+           upserted.previous_total, upserted.previous_version,
            (SELECT count(*) FROM (
                 SELECT 1 FROM scores AS ahead
                 WHERE ahead.board = submitted.board AND ahead.rank_key < coalesce(upserted.rank_key, old.rank_key)
@@ -176,9 +179,21 @@ class Recorded:
     version: int
     rank: int | None
     changed: bool  # whether the submission changed the value
+    previous: int | None = None  # the value and row version it replaced (None: the user's first)
+    previous_version: int | None = None
 
     def standing(self, user_id: str, name: str | None = None) -> Standing:
-        return Standing(user_id, self.total, self.reached_at, self.version, name, self.rank_key)
+        return Standing(
+            user_id,
+            self.total,
+            self.reached_at,
+            self.version,
+            name,
+            self.rank_key,
+            self.previous,
+            self.rank,
+            self.previous_version,
+        )
 
 
 @dataclass(frozen=True)
@@ -287,7 +302,10 @@ def _record_one(engine: Engine, cursor: Any, one: Submitted) -> Recorded:
         if board.operator == "incr":
             raise TotalTooLarge
     cursor.execute(adapt(engine, _AHEAD), {"board": board.id, "rank_key": row[2], "top_n": board.top_n})
-    return _recorded(row[0], row[1], row[2], row[3], cursor.fetchone()[0], board.top_n, changed)
+    ahead = cursor.fetchone()[0]
+    if not changed:
+        return _recorded(row[0], row[1], row[2], row[3], ahead, board.top_n, changed)
+    return _recorded(row[0], row[1], row[2], row[3], ahead, board.top_n, changed, row[4], row[5])
 
 
 class NotRecorded(Exception):
@@ -333,7 +351,9 @@ def record_many(engine: Engine, submitted: Sequence[Submitted]) -> list[Outcome]
                     # this statement's snapshot: read it as it is now.
                     outcomes[index] = _read_one(engine, cursor, one)
                 else:
-                    outcomes[index] = _recorded(row[2], row[3], row[4], row[5], row[7], one.board.top_n, row[6])
+                    outcomes[index] = _recorded(
+                        row[2], row[3], row[4], row[5], row[9], one.board.top_n, row[6], row[7], row[8]
+                    )
     return outcomes
 
 
@@ -352,7 +372,15 @@ def _upsert_many(
 
 
 def _recorded(
-    total: int, reached_at: Any, rank_key: str, version: int, ahead: int, top_n: int, changed: bool
+    total: int,
+    reached_at: Any,
+    rank_key: str,
+    version: int,
+    ahead: int,
+    top_n: int,
+    changed: bool,
+    previous: int | None = None,
+    previous_version: int | None = None,
 ) -> Recorded:
     if isinstance(reached_at, str):  # SQLite hands back the stored text
         reached_at = datetime.fromisoformat(reached_at)
@@ -363,6 +391,8 @@ def _recorded(
         version=int(version),
         rank=ahead + 1 if ahead < top_n else None,
         changed=bool(changed),
+        previous=None if previous is None else int(previous),
+        previous_version=None if previous_version is None else int(previous_version),
     )
 
 

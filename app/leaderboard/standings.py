@@ -22,6 +22,12 @@ class Standing:
     version: int = 0
     name: str | None = None  # the display name, when known and to be shown
     rank_key: str | None = None  # set when read from SQL
+    # Set for a submission's standing, for the change log: the value before it
+    # (None: the user's first on the board), the rank SQL answered (None past
+    # N) and the row version it replaced.
+    previous: int | None = None
+    rank: int | None = None
+    previous_version: int | None = None
 
     @property
     def reached_us(self) -> int:

@@ -266,6 +266,9 @@ def publish(engine: Engine, cache: BoardCache, changes: Sequence[tuple[Board, St
                 with Session(engine) as session:
                     rebuild_board(session, cache, called, reason="missing", updated=per_board[called.id][-1])
                 done.add(called.id)
+                # The rebuilt board holds these already (SQL has them): written again,
+                # they change nothing on it, and go into the change log.
+                cache.write_each([(board, sent) for board, sent in calls if board.id == called.id])
             elif result.status == "short":
                 with Session(engine) as session:
                     cache.apply(called, top_standings(session, called), mode="fill", updated=sent[-1])
