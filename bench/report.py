@@ -59,6 +59,31 @@ def _floors(results: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
                 spread["ratio"] >= 0.9,
             )
         )
+    if "log_writes" in results:
+        log = results["log_writes"]
+        rows.append(
+            (
+                f"writes with the change log within 10% of without, {log['connections']} connections",
+                f"medians {log['on_median']:,.0f}/s against {log['off_median']:,.0f}/s: {log['ratio']:.2f}",
+                log["ratio"] >= 0.9,
+            )
+        )
+    if results.get("fanout_streams") and results.get("fanout"):
+        pubsub = {(r["viewers"], r["rate"]): r for r in results["fanout"]}
+        pairs = [(row, pubsub[row["viewers"], row["rate"]]) for row in results["fanout_streams"]
+                 if (row["viewers"], row["rate"]) in pubsub]  # fmt: skip
+        if pairs:
+            worst = max(pairs, key=lambda pair: pair[0]["p99_ms"] - pair[1]["p99_ms"])
+            rows.append(
+                (
+                    f"fan-out with BOARD_TRANSPORT=streams within 10% of pubsub at {worst[0]['viewers']:,} viewers"
+                    " (p99, the worst rate), every viewer at the final version",
+                    f"p99 {worst[0]['p99_ms']:.0f} ms against {worst[1]['p99_ms']:.0f} ms at"
+                    f" {worst[0]['rate']:g}/s; {min(r['at_final'] for r, _ in pairs):,}/{worst[0]['viewers']:,} at final",
+                    worst[0]["p99_ms"] <= 1.1 * worst[1]["p99_ms"]
+                    and all(r["at_final"] == r["viewers"] for r, _ in pairs),
+                )
+            )
     if "board_crowd" in results:
         crowd = results["board_crowd"]
         rows.append(
@@ -266,6 +291,31 @@ def write_report(
             f" {spread['ratio']:.2f}.",
         ]
 
+    log = results.get("log_writes")
+    if log:
+        lines += [
+            "",
+            "### The change log on and off",
+            "",
+            f"The same service and tokens, {log['connections']} connections, `POST /score`: as deployed (every"
+            " change appended to the board's change log by the Lua script) against a second instance with"
+            f" `CHANGES_RETAIN=0`, alternating ({len(log['on'])} runs on, the first being the table's above;"
+            f" {len(log['off'])} off).",
+            "",
+            "| run | req/s | p50 ms | p99 ms | errors |",
+            "|---|---|---|---|---|",
+            *(
+                f"| {name} | {run['rps']:,.0f} | {_ms(run['p50_us'])} | {_ms(run['p99_us'])} |"
+                f" {run['status_errors'] + run['connect_errors'] + run['read_errors'] + run['timeouts']} |"
+                for name, run in [
+                    *((f"log on #{i + 1}", run) for i, run in enumerate(log["on"])),
+                    *((f"log off #{i + 1}", run) for i, run in enumerate(log["off"])),
+                ]
+            ),
+            "",
+            f"Medians: {log['on_median']:,.0f}/s on, {log['off_median']:,.0f}/s off: {log['ratio']:.2f}.",
+        ]
+
     def fanout_table(rows: list[dict[str, Any]]) -> list[str]:
         table = [
             "| viewers | changes/s | p50 ms | p99 ms | frames timed | at final version | RSS per idle viewer | Redis connections | worker CPU | generator CPU |",
@@ -295,6 +345,16 @@ def write_report(
             "### Ours",
             "",
             *fanout_table(results["fanout"]),
+        ]
+    if results.get("fanout_streams"):
+        lines += [
+            "",
+            "### Ours with `BOARD_TRANSPORT=streams`",
+            "",
+            "The same board, crowd and rates, on a worker that follows the board's update stream (`XREAD BLOCK`)",
+            "instead of its Pub/Sub channel.",
+            "",
+            *fanout_table(results["fanout_streams"]),
         ]
     if results.get("board_crowd"):
         crowd = results["board_crowd"]

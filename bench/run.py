@@ -264,6 +264,7 @@ class Run:
                 rows.append(row)
                 if connections == sizes.spread_connections:
                     self.results["spread_writes"] = self.spread_writes(ours, token_file, row["ours"])
+                    self.results["log_writes"] = self.log_writes(ours, token_file, row["ours"])
                 ours_row, reference_row = row["ours"], row["reference"]
                 print(
                     f"writes c={connections}: ours {ours_row['rps']:.0f}/s p99 {ours_row['p99_us'] / 1000:.1f} ms,"
@@ -274,6 +275,41 @@ class Run:
             ours.stop()
             reference.stop()
         self.results["writes"] = {"users": sizes.write_users, "seconds": sizes.write_seconds, "rows": rows}
+
+    def log_writes(self, ours: GunicornServer, token_file: Path, logged: dict[str, Any]) -> dict[str, Any]:
+        """The same writes with the change log off (CHANGES_RETAIN=0), alternating with it on."""
+        sizes = self.sizes
+        silent = self.serve("wsgi_increment", workers=os.cpu_count() or 2, CHANGES_RETAIN="0")
+        warm_up = 1 if sizes.write_seconds < 5 else 2
+        connections = sizes.spread_connections
+        try:
+            self.wrk(silent.url, "score.lua", connections, warm_up, WRK_TOKENS=str(token_file))
+            on, off = [logged], []
+            for _ in range(SPREAD_PAIRS):
+                off.append(
+                    self.wrk(silent.url, "score.lua", connections, sizes.write_seconds, WRK_TOKENS=str(token_file))
+                )
+                on.append(self.wrk(ours.url, "score.lua", connections, sizes.write_seconds, WRK_TOKENS=str(token_file)))
+        finally:
+            silent.stop()
+
+        def median(runs: list[dict[str, Any]]) -> float:
+            return sorted(run["rps"] for run in runs)[len(runs) // 2]
+
+        result = {
+            "connections": connections,
+            "on": on,
+            "off": off,
+            "on_median": median(on),
+            "off_median": median(off),
+            "ratio": median(on) / median(off),
+        }
+        print(
+            f"writes c={connections} with the change log {[round(r['rps']) for r in on]}/s, without"
+            f" {[round(r['rps']) for r in off]}/s; medians {result['ratio']:.2f}",
+            flush=True,
+        )
+        return result
 
     def spread_writes(self, ours: GunicornServer, token_file: Path, single: dict[str, Any]) -> dict[str, Any]:
         """The same writes spread over many boards (POST /boards/<id>/score), alternating with one board's."""
@@ -494,8 +530,24 @@ class Run:
                 )
         finally:
             board.stop()
+        # The same crowd and rates on a worker that follows the board's stream instead.
+        streams = self.serve("wsgi_board", workers=1, SSE_MAX_VIEWERS="12000", BOARD_TRANSPORT="streams")
+        worker = worker_pids(streams)[0]
+        count = max(sizes.viewer_counts)
+        try:
+            streams_rows = self.fanout_rounds(
+                f"{streams.url}/boards/{fan.id}/events",
+                count,
+                (*sizes.change_rates, sizes.floor_rate),
+                worker,
+                publish,
+                lambda: self.our_connections(worker),
+            )
+        finally:
+            streams.stop()
             cache.redis.close()
         self.results["fanout"] = ours_rows
+        self.results["fanout_streams"] = streams_rows
 
     def board_crowd(self) -> None:
         """Viewers of many boards on one worker, each board changing now and then."""

@@ -45,6 +45,7 @@ VARIABLES = (
     "LEADERBOARD_ID",
     "REDIS_CHANNEL",
     "CHANGES_RETAIN",
+    "BOARD_TRANSPORT",
     "TOP_N",
     "SCORE_MAX_INCREMENT",
     "MAX_CONTENT_LENGTH",
@@ -93,6 +94,8 @@ class Settings:
     score_max_increment: int = 1_000_000
     # Entries each board's change log (a Redis Stream) keeps; 0 turns the log off.
     changes_retain: int = 10_000
+    # How board workers hear of updates: "pubsub" (the seed's) or "streams" (resumable).
+    board_transport: str = "pubsub"
     max_content_length: int = 4096
     jwt_secret_key: str = DEVELOPMENT_JWT_SECRET
     jwt_algorithm: str = "HS256"
@@ -137,6 +140,7 @@ class Settings:
             redis_channel=reader.text("REDIS_CHANNEL", cls.redis_channel),
             top_n=reader.integer("TOP_N", cls.top_n, low=1, high=1000),
             changes_retain=reader.integer("CHANGES_RETAIN", cls.changes_retain, low=0, high=10_000_000),
+            board_transport=reader.choice("BOARD_TRANSPORT", cls.board_transport, ("pubsub", "streams")),
             score_max_increment=reader.integer(
                 "SCORE_MAX_INCREMENT", cls.score_max_increment, low=1, high=MAX_SAFE_TOTAL
             ),

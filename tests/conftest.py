@@ -7,6 +7,8 @@ and two runs on one machine do not collide.
 TEST_ADMIN_DATABASE_URL  a PostgreSQL URL allowed to CREATE DATABASE
                          (default postgresql://postgres@127.0.0.1:5432/postgres)
 TEST_REDIS_URL           the Redis to use (default redis://127.0.0.1:6379/9)
+TEST_BOARD_TRANSPORT     BOARD_TRANSPORT for every app and server (default pubsub; test_e2e_streams.py
+                         runs streams either way)
 """
 
 from __future__ import annotations
@@ -94,6 +96,7 @@ def base_env(database_url: str, board_name: str) -> dict[str, str]:
         "RATE_LIMIT_PER_USER": "1000/second",
         # Every test viewer comes from 127.0.0.1; the per-IP cap has its own tests.
         "SSE_MAX_VIEWERS_PER_IP": "100000",
+        "BOARD_TRANSPORT": os.environ.get("TEST_BOARD_TRANSPORT", "pubsub"),
     }
 
 

@@ -271,7 +271,7 @@ def test_1000_connect_disconnect_cycles_leak_nothing(
     warm = Swarm.connect(f"{board.url}/events", 5)
     assert warm.wait_until(lambda: all(v.frames for v in warm.viewers), timeout=5)
     warm.close()
-    time.sleep(0.5)
+    time.sleep(1.5)  # the keeper's first round (RECONCILE_EVERY_SECONDS) has opened its connection too
     before = stats(board, greenlets="1")
     worker = before["pid"]
     fds_before = len(os.listdir(f"/proc/{worker}/fd"))
@@ -297,7 +297,7 @@ def _redis_clients(client: redis.Redis, pid: int) -> int:
 def test_one_pubsub_connection_per_worker_whatever_the_viewers(
     start_board: Callable[..., GunicornServer], base_env: dict[str, str], redis_conn: redis.Redis, engine: Any
 ) -> None:
-    board = start_board(workers=2)
+    board = start_board(workers=2, BOARD_TRANSPORT="pubsub")  # streams: test_e2e_streams.py
     channel = base_env["REDIS_CHANNEL"]
     swarm = Swarm.connect(f"{board.url}/events", 300)
     assert swarm.wait_until(lambda: all(v.frames for v in swarm.viewers), timeout=15)

@@ -33,7 +33,11 @@ LOGGED = ["--access-logfile", "-"]
 def fleet(base_env: dict[str, str], engine: Engine) -> Iterator[dict[str, list[GunicornServer]]]:
     servers = {
         "increment": [GunicornServer("wsgi_increment", base_env, workers=2, extra_args=LOGGED) for _ in range(2)],
-        "board": [GunicornServer("wsgi_board", base_env, workers=2, extra_args=LOGGED) for _ in range(2)],
+        # Pub/Sub, whose subscriptions the test counts (test_e2e_streams.py: streams).
+        "board": [
+            GunicornServer("wsgi_board", {**base_env, "BOARD_TRANSPORT": "pubsub"}, workers=2, extra_args=LOGGED)
+            for _ in range(2)
+        ],
     }
     for group in servers.values():
         for server in group:

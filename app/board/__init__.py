@@ -42,6 +42,8 @@ def init_board(app: Flask, settings: Settings, registry: BoardRegistry, cache: B
         coalesce_seconds=settings.sse_coalesce_ms / 1000,
         keep=registry.defaults.default_board(),
         on_deleted=registry.forget,
+        transport=settings.board_transport,
+        commands=cache.redis,
     )
     # EventSource cannot send headers, so with BOARD_REQUIRE_AUTH the token
     # may also come in a cookie.
@@ -50,7 +52,7 @@ def init_board(app: Flask, settings: Settings, registry: BoardRegistry, cache: B
         any_origin = settings.board_cors_origins == ("*",)
         CORS(
             app,
-            resources={r"/(events|leaderboard.*|boards.*)": {}},
+            resources={r"/(events|changes|leaderboard.*|boards.*)": {}},
             origins="*" if any_origin else list(settings.board_cors_origins),
             supports_credentials=not any_origin,
             expose_headers=["ETag"],

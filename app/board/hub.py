@@ -30,6 +30,7 @@ Needs gevent (the listener is a greenlet); never imports Flask.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -71,6 +72,10 @@ LOAD_WAIT_SECONDS = 5.0
 READS_AT_ONCE = 8
 
 HEARTBEAT = b": ping\n\n"
+
+# BOARD_TRANSPORT=streams: how long one XREAD waits for news (it then asks again:
+# which also proves the connection alive). Below the Redis socket timeout.
+FOLLOW_BLOCK_SECONDS = 1.0
 
 # Entries of a board's change log a worker keeps for its viewers; one further
 # behind reads from Redis, CHANGES_PAGE at a time.
@@ -145,6 +150,7 @@ class BoardFeed:
         self.last_fan_out = 0.0
         self.fan_out_scheduled = False
         self.loading: Event | None = None  # set while one greenlet reads the board for everyone
+        self.stream_id = "0-0"  # BOARD_TRANSPORT=streams: the board's last update entry seen here
 
     def wait_for_change(self, timeout: float) -> bool:
         """Block this viewer until the board changes, the stream must end, or `timeout`."""
@@ -242,16 +248,24 @@ class BoardHub:
         coalesce_seconds: float = 0.0,
         keep: Board | None = None,
         on_deleted: Callable[[str], None] | None = None,
+        transport: str = "pubsub",
+        commands: redis.Redis | None = None,
     ) -> None:
         """`client` is the hub's own (bytes, no health-check pings of its own); `load_latest`
         returns a board's current message (rebuilding it if needed); `keep` is a board
         served even when idle (the default board); `on_deleted(board_id)` hears of a
-        board deleted elsewhere."""
+        board deleted elsewhere; `transport` is how it hears of updates: "pubsub" (one
+        subscription) or "streams" (one connection following the boards' update streams,
+        which resumes from the last entry seen after a reconnect); `commands` is the client
+        for everything else (reading change logs; the app's own), so `client` holds only the
+        one connection."""
+        self.transport = transport
         self.heartbeat_seconds = heartbeat_seconds
         self.coalesce_seconds = coalesce_seconds
         self.max_viewers = max_viewers
         self.max_viewers_per_ip = max_viewers_per_ip or max_viewers
         self._redis = client
+        self._commands = commands or client
         self._load_latest = load_latest
         self._on_deleted = on_deleted
         self._feeds: dict[str, BoardFeed] = {}
@@ -266,7 +280,10 @@ class BoardHub:
         self._viewers_by_ip: dict[str, int] = {}
         self.draining = False
         self.connected = False
-        self.stats = {"reconnects": 0, "frames": 0, "refused": 0, "streams": 0, "frames_sent": 0}
+        self.stats = {"reconnects": 0, "frames": 0, "refused": 0, "streams": 0, "frames_sent": 0, "reads": 0}
+        self._following_id: int | None = None  # streams: the following connection's CLIENT ID
+        self._feeds_changed = Event()
+        self._unblocking = False
         self._frames_sent_reported = 0
         self._listener: gevent.Greenlet[Any] | None = None
         self._ticker: gevent.Greenlet[Any] | None = None
@@ -285,6 +302,7 @@ class BoardHub:
                 self._feeds[board.id] = feed
                 self._by_channel[board.channel] = feed
                 self._command("subscribe", board.channel)
+            self._follow_new_feeds()
         feed.board = board  # the freshest settings (title, size) the caller has
         feed.used_at = time.monotonic()
         return feed
@@ -302,6 +320,8 @@ class BoardHub:
                 self._change_feeds[board.id] = feed
                 self._changes_by_channel[feed.channel] = feed
                 self._command("subscribe", feed.channel)
+            if self.transport == "streams":  # no subscription to confirm it: read where it starts now
+                gevent.spawn(self._catch_up, feed, restart=True)
         feed.board = board
         feed.used_at = time.monotonic()
         return feed
@@ -309,14 +329,14 @@ class BoardHub:
     def newest_change(self, feed: ChangeFeed) -> str:
         """The id of the newest entry of the feed's log, as Redis has it now."""
         with self._reads:
-            return changes.newest_id(self._redis, feed.board)
+            return changes.newest_id(self._commands, feed.board)
 
     def changes_after(self, feed: ChangeFeed, after: str) -> tuple[list[Change], bool]:
         """A page of entries after `after` from Redis ("0-0": from the oldest kept), and
         whether entries after `after` are gone."""
         with self._reads:
-            gone = after != "0-0" and changes.missed(self._redis, feed.board, after)
-            return changes.read_after(self._redis, feed.board, "0-0" if gone else after, CHANGES_PAGE), gone
+            gone = after != "0-0" and changes.missed(self._commands, feed.board, after)
+            return changes.read_after(self._commands, feed.board, "0-0" if gone else after, CHANGES_PAGE), gone
 
     def _catch_up(self, feed: ChangeFeed, *, restart: bool = False) -> None:
         """Read the entries the feed does not hold yet, once for all its viewers here (a greenlet).
@@ -332,9 +352,11 @@ class BoardHub:
             if restart or feed.complete_after is None:
                 feed.restart(self.newest_change(feed))
                 feed.wake()
+            if self.transport == "streams":
+                return  # the follower reads what comes next (told in `finally`)
             while True:
                 with self._reads:
-                    found = changes.read_after(self._redis, feed.board, feed.newest, CHANGES_PAGE)
+                    found = changes.read_after(self._commands, feed.board, feed.newest, CHANGES_PAGE)
                 feed.add(found)
                 if found:
                     feed.wake()
@@ -345,6 +367,7 @@ class BoardHub:
             log.warning("board hub could not read the change log of %s: %s", feed.board.id, exc.__class__.__name__)
         finally:
             feed.reading = False
+            self._follow_new_feeds()
 
     def offer(self, feed: BoardFeed, frame: Frame) -> bool:
         """Take `frame` if it is newer than the board's latest; wake its viewers. Versions never go back."""
@@ -383,6 +406,7 @@ class BoardHub:
         """Re-read the board from Redis and take it if it is newer."""
         with self._reads:
             raw = self._load_latest(feed.board)
+        self.stats["reads"] += 1
         if raw is not None:
             self.offer(feed, Frame.from_message(raw))
 
@@ -584,7 +608,10 @@ class BoardHub:
         while not self._stopping:
             started = time.monotonic()
             try:
-                self._listen_once()
+                if self.transport == "streams":
+                    self._follow_once()
+                else:
+                    self._listen_once()
             except (redis.RedisError, OSError) as exc:
                 self.stats["reconnects"] += 1
                 HUB_RECONNECTS.inc()
@@ -631,6 +658,75 @@ class BoardHub:
             with self._lock:
                 self._pubsub = None
             pubsub.close()
+
+    # -- BOARD_TRANSPORT=streams -------------------------------------------
+
+    def _follow_new_feeds(self) -> None:
+        """Streams: have the follower's blocked read start again with the boards it must follow now."""
+        if self.transport != "streams":
+            return
+        self._feeds_changed.set()
+        following = self._following_id
+        if following is not None and not self._unblocking:
+            # One at a time: a thousand boards arriving together cost a few, not a connection each.
+            self._unblocking = True
+            gevent.spawn(self._unblock, following)
+
+    def _unblock(self, client_id: int) -> None:
+        try:
+            # Failing, it is reconnecting: it reads the new boards then.
+            with contextlib.suppress(redis.RedisError, OSError):
+                self._commands.client_unblock(client_id)
+        finally:
+            self._unblocking = False
+
+    def _follow_once(self) -> None:
+        """Follow every served board's update stream (and every change log watched here) on one
+        connection, with XREAD BLOCK from the last entry seen of each: after a reconnect, on
+        from there, so nothing is read again and nothing missed (the newest update is kept)."""
+        pool = self._redis.connection_pool
+        connection: Any = pool.get_connection("XREAD")  # its own, read directly (redis-py leaves it untyped)
+        block_ms = max(100, int(FOLLOW_BLOCK_SECONDS * 1000))
+        try:
+            connection.send_command("CLIENT", "ID")
+            self._following_id = int(connection.read_response())
+            self.connected = True
+            while not self._stopping:
+                self._feeds_changed.clear()
+                with self._lock:
+                    boards = {feed.board.keys.updates: feed for feed in self._feeds.values()}
+                    logs = {
+                        feed.board.keys.changes: feed
+                        for feed in self._change_feeds.values()
+                        if feed.complete_after is not None and not feed.reading
+                    }
+                    following = {key: feed.stream_id for key, feed in boards.items()}
+                    following |= {key: feed.newest for key, feed in logs.items()}
+                if not following:
+                    self._feeds_changed.wait(PING_INTERVAL)
+                    continue
+                connection.send_command(
+                    "XREAD", "COUNT", CHANGES_PAGE, "BLOCK", block_ms, "STREAMS", *following, *following.values()
+                )
+                reply = connection.read_response() or ()
+                for key, rows in reply.items() if isinstance(reply, dict) else reply:
+                    key = key.decode() if isinstance(key, bytes) else key
+                    found = changes.entries_of(rows)
+                    if key in boards and found:
+                        self._on_update(boards[key], found[-1])
+                    elif key in logs and found:
+                        logs[key].add(found)
+                        logs[key].wake()
+        except BaseException:
+            connection.disconnect()  # never back to the pool half read
+            raise
+        finally:
+            self._following_id = None
+            pool.release(connection)
+
+    def _on_update(self, feed: BoardFeed, update: Change) -> None:
+        feed.stream_id = update.id
+        self._on_message(feed, update.data)
 
     def _on(self, message: dict[str, Any]) -> None:
         kind = message["type"]

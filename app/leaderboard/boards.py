@@ -71,6 +71,7 @@ class BoardKeys:
     logged: str  # the row version of each user's change logged last (so the log keeps commit order)
     held: str  # changes waiting for the one before them, and since when
     held_since: str
+    updates: str  # a stream of one entry: the last published message (BOARD_TRANSPORT=streams follows it)
 
     @classmethod
     def for_board(cls, board_id: str) -> BoardKeys:
@@ -88,6 +89,7 @@ class BoardKeys:
             logged=f"{prefix}:logged",
             held=f"{prefix}:held",
             held_since=f"{prefix}:held-since",
+            updates=f"{prefix}:updates",
         )
 
     def as_list(self) -> list[str]:
@@ -104,6 +106,7 @@ class BoardKeys:
             self.logged,
             self.held,
             self.held_since,
+            self.updates,
         ]
 
 

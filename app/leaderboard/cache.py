@@ -25,6 +25,8 @@ from app.metrics import REDIS_SCRIPT_SECONDS
 # take from its commit to its script, so a late, older write of that user is
 # refused rather than put back.
 GONE_TTL_SECONDS = 60
+# How long a deleted board's `updates` stream keeps the news of its deletion.
+DELETED_NEWS_SECONDS = 60
 # Entries each board's change log keeps by default (CHANGES_RETAIN).
 CHANGES_RETAIN = 10_000
 # Longest a change waits in Redis for the user's change before it (committed
@@ -49,6 +51,8 @@ HOLD_MS = 2000
 # KEYS[9] logged   hash userId -> row version of the user's change logged last
 # KEYS[10] held    hash "<userId>:<row version awaited>" -> a change waiting for the one before it
 # KEYS[11] held_since  sorted set of those, by when they began to wait (ms)
+# KEYS[12] updates the last published message again, as a stream of one entry (for hubs
+#                  that follow streams instead of Pub/Sub: they resume from the last id seen)
 # ARGV[1] N        board size
 # ARGV[2] channel  Pub/Sub channel for the update messages
 # ARGV[3] mode     "write": each standing is a submission, applied and published
@@ -93,7 +97,7 @@ local names, gone, origin_key = KEYS[5], KEYS[6], KEYS[7]
 local n, channel, mode = tonumber(ARGV[1]), ARGV[2], ARGV[3]
 local direction, origin, label = tonumber(ARGV[4]), ARGV[5], ARGV[6]
 local changes = KEYS[8]
-local logged_key, held, held_since = KEYS[9], KEYS[10], KEYS[11]
+local logged_key, held, held_since, updates = KEYS[9], KEYS[10], KEYS[11], KEYS[12]
 local remember_gone = ARGV[9] == '1'
 local retain, log_board, log_channel = tonumber(ARGV[10]), ARGV[11], ARGV[12]
 local first = 14 + 2 * tonumber(ARGV[13])
@@ -317,6 +321,7 @@ local function publish(updated, updated_value)
     .. ',"ts":' .. ts_of(now) .. '}'
   redis.call('SET', latest_key, message)
   redis.call('PUBLISH', channel, message)
+  redis.call('XADD', updates, 'MAXLEN', 1, '*', 'data', message)
   return version_text
 end
 
@@ -542,7 +547,11 @@ class BoardCache:
 
     def drop(self, board: Board) -> None:
         """Delete the board's keys and tell its viewers it is gone (a `deleted` message on its channel)."""
+        deleted = json.dumps({"type": "deleted", "board": board.id}, separators=(",", ":"))
         pipe = self.redis.pipeline(transaction=True)
         pipe.delete(*board.keys.as_list())
-        pipe.publish(board.channel, json.dumps({"type": "deleted", "board": board.id}, separators=(",", ":")))
+        pipe.publish(board.channel, deleted)
+        # For hubs that follow streams: the news, kept a minute (the board's keys are gone).
+        pipe.xadd(board.keys.updates, {"data": deleted}, maxlen=1, approximate=False)
+        pipe.expire(board.keys.updates, DELETED_NEWS_SECONDS)
         pipe.execute()

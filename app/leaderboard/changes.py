@@ -54,6 +54,15 @@ class Change:
         return found
 
 
+def entries_of(rows: Any) -> list[Change]:
+    """Stream rows as XRANGE and XREAD answer them: [(id, {field: value})] parsed, or the
+    raw [id, [field, value, ...]] of a connection read directly."""
+    return _changes(
+        (entry_id, dict(zip(fields[::2], fields[1::2], strict=True)) if isinstance(fields, list) else fields)
+        for entry_id, fields in rows or ()
+    )
+
+
 def _changes(rows: Any) -> list[Change]:
     """Stream rows ([(id, {field: value})]) as changes; entries deleted meanwhile (no fields) are left out."""
     found = []
