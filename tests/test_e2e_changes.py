@@ -259,3 +259,80 @@ def test_a_consumer_group_reader_killed_mid_batch_and_started_again_loses_nothin
             == 0
         )
     )
+
+
+# -- caps, drain and slow readers, as for /events -----------------------------
+
+
+def test_over_the_cap_a_feed_viewer_is_told_to_come_back_and_sigterm_ends_every_feed_with_a_hint(
+    base_env: dict[str, str], migrated: None
+) -> None:
+    board = GunicornServer("wsgi_board", {**base_env, "SSE_MAX_VIEWERS": "3"}, workers=1).start()
+    try:
+        admitted = Swarm(
+            [Viewer(f"{board.url}/events"), Viewer(f"{board.url}/changes"), Viewer(f"{board.url}/changes")]
+        )
+        assert admitted.wait_until(lambda: all(v.status == 200 and v.events for v in admitted.viewers), timeout=10)
+        extra = Viewer(f"{board.url}/changes")
+        refused = Swarm([extra])
+        assert refused.wait_until(lambda: bool(extra.events), timeout=5)
+        refused.pump(0.2)
+        assert [event.retry is not None and event.retry > 2000 for event in extra.events] == [True]
+        extra.close()
+        assert board.process is not None
+        board.process.send_signal(signal.SIGTERM)
+        assert admitted.wait_until(lambda: not admitted.open, timeout=15)
+        for viewer in admitted.viewers:
+            assert viewer.events[-1].retry is not None, "a stream ended without a retry hint"
+        admitted.close()
+    finally:
+        board.stop()
+
+
+def test_a_feed_reader_that_stops_reading_is_dropped_and_the_worker_holds_no_backlog(
+    base_env: dict[str, str], migrated: None, new_board: Any, increment: GunicornServer, redis_conn: redis.Redis
+) -> None:
+    board_id = new_board()
+    board = GunicornServer("wsgi_board", {**base_env, "SSE_WRITE_TIMEOUT_SECONDS": "1"}, workers=1).start()
+    try:
+        post_all(increment, [(board_id, "seed", 1)])
+        # Some 9 MB of entries already in the log (arranged directly, as a long day of changes would).
+        key = BoardKeys.for_board(board_id).changes
+        entry = json.dumps({"type": "score", "board": board_id, "userId": "x" * 250, "score": 1})
+        for _ in range(30):
+            pipe = redis_conn.pipeline(transaction=False)
+            for _ in range(1000):
+                pipe.xadd(key, {"data": entry})
+            pipe.execute()
+        url = f"{board.url}/boards/{board_id}/changes"
+        live = Viewer(url)
+        readers = Swarm([live])
+        assert readers.wait_until(lambda: live.status == 200, timeout=10)
+        worker = requests.get(f"{board.url}/stats", headers=ADMIN, timeout=10).json()["pid"]
+        rss_before = _rss_kb(worker)
+        stuck = Viewer(url, headers={"Last-Event-ID": "0-1"}, receive_buffer=4096)  # replay all, never read
+        time.sleep(0.5)
+        for i in range(5):  # live changes keep reaching the reading viewer meanwhile
+            post_all(increment, [(board_id, f"live{i}", 1)])
+            assert readers.wait_until(lambda n=i: len(live.frames) == n + 1, timeout=2)
+            time.sleep(0.5)
+        assert wait_until(lambda: board.metric("leaderboard_streams_ended_total", '{reason="dropped"}') == 1, 10)
+        stuck.sock.setblocking(True)
+        stuck.sock.settimeout(10)
+        received = 0
+        while chunk := stuck.sock.recv(1 << 20):
+            received += len(chunk)
+        assert received < 8_000_000  # the server closed it long before the replay's end
+        assert _rss_kb(worker) - rss_before < 30_000, "the worker's memory grew with the stuck reader"
+        assert requests.get(f"{board.url}/stats", headers=ADMIN, timeout=10).json()["viewers"] == 1
+        stuck.close()
+        readers.close()
+    finally:
+        board.stop()
+
+
+def _rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
