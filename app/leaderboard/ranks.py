@@ -311,24 +311,26 @@ def _page(offset: str, window: str) -> str:
 
 def _placed(name: str, listed: str) -> str:
     """CTEs ending in `{name}_ranked`: each of `listed` (user_id, total, rank_key) with its
-    exact rank, by its bucket (found through the index of rank_buckets), that bucket's
-    count now, and the rows from its start."""
+    exact rank, by its bucket (two probes of rank_buckets' index each: never a walk over
+    all the board's buckets), that bucket's count now, and the rows from its start."""
     return f"""
     {name} AS (
         SELECT {listed}.user_id, {listed}.total, {listed}.rank_key, (
             SELECT start_key FROM rank_buckets
             WHERE board = :board AND start_key <= {listed}.rank_key ORDER BY start_key DESC LIMIT 1
-        ) AS bucket
+        ) AS bucket, (
+            SELECT users_before FROM rank_buckets
+            WHERE board = :board AND start_key <= {listed}.rank_key ORDER BY start_key DESC LIMIT 1
+        ) AS users_before
         FROM {listed}
     ), {name}_buckets AS (
-        SELECT start_key, users_before FROM rank_buckets
-        WHERE board = :board AND start_key IN (SELECT bucket FROM {name})
+        SELECT DISTINCT bucket AS start_key, users_before FROM {name} WHERE bucket IS NOT NULL
     ), {name}_below AS (
         SELECT coalesce(sum(delta), 0) AS d FROM rank_deltas
         WHERE board = :board AND rank_key < coalesce((SELECT min(start_key) FROM {name}_buckets), '')
     ),{_up_to_date(f"{name}_now", f"{name}_buckets", f"(SELECT d FROM {name}_below)")},
     {name}_ranked AS (
-        SELECT {name}.*, coalesce({name}_now.before, 0)
+        SELECT {name}.user_id, {name}.total, {name}.rank_key, {name}.bucket, coalesce({name}_now.before, 0)
                + (SELECT count(*) FROM scores WHERE board = :board
                   AND rank_key >= coalesce({name}.bucket, '') AND rank_key < {name}.rank_key)
                + 1 AS rank
