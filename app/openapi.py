@@ -242,6 +242,7 @@ def _schemas(settings: Settings) -> dict[str, Any]:
                 "boards": {"type": "array", "items": {"type": "string"}},
                 "idempotencyKeys": {"type": "integer", "minimum": 0},
                 "name": {"type": "boolean"},
+                "changes": {"type": "integer", "minimum": 0},
             },
         },
         "UserRank": {

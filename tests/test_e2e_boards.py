@@ -280,6 +280,11 @@ def test_an_erased_user_is_gone_from_every_board_with_their_name_and_keys(
     assert erased["status"] == "erased"
     assert sorted(erased["boards"]) == sorted([*boards, board_name])
     assert (erased["idempotencyKeys"], erased["name"]) == (2, True)
+    assert erased["changes"] == 4  # one on each board, one more from POST /scores, one on the default
+    for board_id in [*boards, board_name]:
+        logged = [json.loads(f["data"]) for _, f in redis_conn.xrange(BoardKeys.for_board(board_id).changes)]
+        assert "gdpr" not in {entry["userId"] for entry in logged}
+        assert "stays" in {entry["userId"] for entry in logged} or board_id == board_name
     with engine.connect() as conn:
         for table in ("scores", "idempotency_keys", "user_names"):
             count = conn.execute(text(f"SELECT count(*) FROM {table} WHERE user_id = 'gdpr'")).scalar()  # noqa: S608

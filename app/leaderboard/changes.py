@@ -14,6 +14,7 @@ Never imports Flask.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Callable
@@ -94,6 +95,32 @@ def missed(client: redis.Redis, board: Board, after: str) -> bool:
     if not oldest:
         return True  # no log (any more): whatever came after `after` is gone
     return position < (parse_id(_text(oldest[0][0])) or (0, 0))
+
+
+# What one erasure reads of a board's log at a time.
+_ERASE_PAGE = 1000
+
+
+def forget_user(client: redis.Redis, board: Board, user_id: str) -> int:
+    """Delete the user's entries from the board's change log (an erasure); returns how many.
+
+    Reads the whole log, a page at a time: at most CHANGES_RETAIN entries.
+    """
+    key, after, gone = board.keys.changes, "0-0", 0
+    while True:
+        page = read_after(client, board, after, _ERASE_PAGE)
+        theirs = [change.id for change in page if json.loads(change.data).get("userId") == user_id]
+        if theirs:
+            gone += int(client.xdel(key, *theirs))
+        if len(page) < _ERASE_PAGE:
+            break
+        after = page[-1].id
+    client.hdel(board.keys.logged, user_id)
+    waiting = [field for field in client.hkeys(board.keys.held) if _text(field).rsplit(":", 1)[0] == user_id]
+    if waiting:
+        client.hdel(board.keys.held, *waiting)
+        client.zrem(board.keys.held_since, *waiting)
+    return gone
 
 
 # -- a consumer group reader --------------------------------------------------

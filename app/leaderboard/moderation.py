@@ -16,6 +16,7 @@ from sqlalchemy import Engine, delete
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from app.leaderboard import changes
 from app.leaderboard.boards import Board, BoardRegistry
 from app.leaderboard.cache import BoardCache, Removal
 from app.leaderboard.names import forget_names
@@ -58,6 +59,7 @@ class Erased:
     boards: list[str]
     idempotency_keys: int
     name: bool
+    changes: int  # entries of theirs deleted from those boards' change logs
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -65,11 +67,13 @@ class Erased:
             "boards": self.boards,
             "idempotencyKeys": self.idempotency_keys,
             "name": self.name,
+            "changes": self.changes,
         }
 
 
 def erase_user(engine: Engine, cache: BoardCache, registry: BoardRegistry, user_id: str) -> Erased:
-    """Erase the user from every board, with their display name and idempotency records, in one transaction."""
+    """Erase the user from every board, with their display name and idempotency records, in one
+    transaction; then from those boards' live boards and change logs."""
     with engine.begin() as connection:
         removed = connection.execute(
             delete(Score).where(Score.user_id == user_id).returning(Score.board, Score.version)
@@ -77,11 +81,27 @@ def erase_user(engine: Engine, cache: BoardCache, registry: BoardRegistry, user_
         keys = connection.execute(delete(IdempotencyKey).where(IdempotencyKey.user_id == user_id)).rowcount
         name = connection.execute(delete(UserName).where(UserName.user_id == user_id)).rowcount
     forget_names(engine, user_id)
+    forgotten = 0
     for board_id, version in sorted(removed):
         board = registry.find(board_id)
         if board is not None:
             _follow_in_redis(engine, cache, board, [Removal(user_id, int(version) + 1)])
-    return Erased(user_id=user_id, boards=sorted(b for b, _ in removed), idempotency_keys=keys, name=bool(name))
+            forgotten += _forget_changes(cache, board, user_id)
+    return Erased(
+        user_id=user_id,
+        boards=sorted(b for b, _ in removed),
+        idempotency_keys=keys,
+        name=bool(name),
+        changes=forgotten,
+    )
+
+
+def _forget_changes(cache: BoardCache, board: Board, user_id: str) -> int:
+    try:
+        return changes.forget_user(cache.redis, board, user_id)
+    except redis.RedisError as exc:  # SQL holds nothing of theirs any more; the log keeps these
+        log.warning("board %s: the change log kept %s's entries: %s", board.id, user_id, exc)
+        return 0
 
 
 def _follow_in_redis(engine: Engine, cache: BoardCache, board: Board, removals: list[Removal]) -> None:
