@@ -530,24 +530,61 @@ class Run:
                 )
         finally:
             board.stop()
-        # The same crowd and rates on a worker that follows the board's stream instead.
-        streams = self.serve("wsgi_board", workers=1, SSE_MAX_VIEWERS="12000", BOARD_TRANSPORT="streams")
-        worker = worker_pids(streams)[0]
-        count = max(sizes.viewer_counts)
-        try:
-            streams_rows = self.fanout_rounds(
-                f"{streams.url}/boards/{fan.id}/events",
-                count,
-                (*sizes.change_rates, sizes.floor_rate),
-                worker,
-                publish,
-                lambda: self.our_connections(worker),
-            )
-        finally:
-            streams.stop()
             cache.redis.close()
         self.results["fanout"] = ours_rows
-        self.results["fanout_streams"] = streams_rows
+        self.results["transports"] = self.transports()
+
+    def transports(self) -> dict[str, Any]:
+        """Pub/Sub against streams: a crowd on a worker of each, both connected, their boards changing
+        in turn, round after round (so both meet the same host), at the floor rate and the highest."""
+        sizes = self.sizes
+        count = max(sizes.viewer_counts)
+        rates = sorted({sizes.floor_rate, max(sizes.change_rates)})
+        boards = self.make_boards(f"{self.tag}tr", 2)
+        cache = BoardCache(redis.Redis.from_url(REDIS_URL, decode_responses=True))
+        for board in boards:  # a frame before the viewers come
+            submit_score(self.engine, cache, Submitted(board, "player0", 1))
+        servers = {
+            transport: self.serve("wsgi_board", workers=1, SSE_MAX_VIEWERS="12000", BOARD_TRANSPORT=transport)
+            for transport in TRANSPORTS
+        }
+        crowds: dict[str, list[subprocess.Popen[str]]] = {}
+        runs: dict[str, dict[str, list[dict[str, Any]]]] = {f"{rate:g}": {t: [] for t in TRANSPORTS} for rate in rates}
+        try:
+            for (transport, server), board in zip(servers.items(), boards, strict=True):
+                crowds[transport] = self.crowd(f"{server.url}/boards/{board.id}/events", count, max(1, count // 200))
+            time.sleep(2)
+            for round_ in range(TRANSPORT_PAIRS):
+                for rate in rates:
+                    order = TRANSPORTS if round_ % 2 == 0 else TRANSPORTS[::-1]
+                    for transport in order:
+                        board = boards[TRANSPORTS.index(transport)]
+                        self.tell(crowds[transport], "mark")
+                        started = time.time()
+                        (final,) = self.publish_changes(cache, [board], rate, sizes.change_seconds)
+                        outcome = self.collect(crowds[transport], final)
+                        latencies = self.latencies(outcome["sampled"], started)
+                        runs[f"{rate:g}"][transport].append(
+                            {
+                                "p50_ms": (percentile(latencies, 50) or 0) * 1000,
+                                "p99_ms": (percentile(latencies, 99) or 0) * 1000,
+                                "at_final": outcome["at_final"],
+                                "viewers": count,
+                            }
+                        )
+            for rate, by_transport in runs.items():
+                print(
+                    f"transports, {count} viewers at {rate}/s, p99 ms: "
+                    + "; ".join(f"{t} {[round(r['p99_ms']) for r in rows]}" for t, rows in by_transport.items()),
+                    flush=True,
+                )
+        finally:
+            for processes in crowds.values():
+                self.dismiss(processes)
+            for server in servers.values():
+                server.stop()
+            cache.redis.close()
+        return {"viewers": count, "seconds": sizes.change_seconds, "rates": runs}
 
     def board_crowd(self) -> None:
         """Viewers of many boards on one worker, each board changing now and then."""
@@ -764,6 +801,10 @@ class Run:
 # What bench/wrk/rank.lua asks for (WRK_QUERY): a user's rank; a page at a random offset
 # (past the end now and then); ten around a random user; a friends list of 100 (a tenth unknown).
 RANK_QUERIES = ("rank", "page", "around", "friends")
+
+# The board workers' two ways of hearing of updates, and how many rounds of each are compared.
+TRANSPORTS = ("pubsub", "streams")
+TRANSPORT_PAIRS = 3
 
 # Runs of writes over many boards, each beside a run on one board (medians compared).
 SPREAD_PAIRS = 3
