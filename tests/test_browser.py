@@ -324,6 +324,31 @@ def test_a_boards_own_page_shows_its_rules_its_title_and_names_as_text(
     assert tab.console_errors == []
 
 
+def test_with_recent_the_page_lists_the_latest_changes_newest_first_as_text(
+    tab: Tab, board: GunicornServer, increment: GunicornServer, board_name: str, engine: Any
+) -> None:
+    sprint = f"{board_name}-sprint"
+    admin = auth("ops", role="admin")
+    created = requests.put(f"{increment.url}/admin/boards/{sprint}", json={"topN": 5}, headers=admin, timeout=10)
+    assert created.status_code == 201, created.text
+    sneaky = "<b>bold</b>"
+    post = f"{increment.url}/boards/{sprint}/score"
+    assert requests.post(post, json={"score": 100}, headers=auth("u1", name=sneaky), timeout=10).status_code == 200
+    tab.page.goto(f"{board.url}/boards/{sprint}/?recent=3")
+    expect_state(tab.page.main_frame, "live")
+    recent = tab.page.locator("#recent li")
+    expect(recent).to_have_count(0)  # from now on: what came before is on the board
+    for user, score in [("u1", 250), ("u2", 40), ("u3", 7), ("u2", 5)]:
+        assert requests.post(post, json={"score": score}, headers=auth(user), timeout=10).status_code == 200
+    expect(recent).to_have_count(3, timeout=3_000)
+    # Newest first, at most 3; what each change added, the name as the text it is.
+    expect(recent).to_have_text(["u2 +5", "u3 +7", "u2 +40"])
+    requests.post(post, json={"score": 1}, headers=auth("u1"), timeout=10)
+    expect(recent.first).to_have_text(f"{sneaky} +1", timeout=3_000)
+    expect(recent.first.locator(".user")).to_have_attribute("title", "u1")
+    assert tab.console_errors == []
+
+
 # -- parameters --------------------------------------------------------------
 
 

@@ -38,6 +38,7 @@ SSE_HEADERS = {
 
 PAGE_TITLE_MAX_LENGTH = 120
 PAGE_THEMES = ("light", "dark")
+PAGE_RECENT_MAX = 10
 DEFAULT_LIMIT = 10
 MAX_OFFSET = 10**9
 
@@ -66,12 +67,14 @@ def require_token_when_configured() -> None:
 @bp.get("/")
 @bp.get("/boards/<board_id>/")
 def page(board_id: str | None = None) -> Response:
-    """The embeddable live board: `?n=` rows (at most its top N), `?title=` heading, `?theme=light|dark`."""
+    """The embeddable live board: `?n=` rows (at most its top N), `?title=` heading, `?theme=light|dark`,
+    `?recent=` the latest changes, 1 to 10 (from the change log; none by default)."""
     settings = current_app.extensions["settings"]
     board = find_board(board_id)
     rows = request.args.get("n", type=int)
     title = request.args.get("title", "").strip()[:PAGE_TITLE_MAX_LENGTH] or _page_title(board)
     theme = request.args.get("theme", "")
+    recent = request.args.get("recent", type=int) or 0
     route: dict[str, Any] = {} if board_id is None else {"board_id": board.id}
     html = render_template(
         "board/page.html",
@@ -80,6 +83,9 @@ def page(board_id: str | None = None) -> Response:
         theme=theme if theme in PAGE_THEMES else "auto",
         events_url=url_for("board.events", **route),
         snapshot_url=url_for("board.leaderboard", **route),
+        recent=min(recent, PAGE_RECENT_MAX) if recent > 0 and settings.changes_retain else 0,
+        changes_url=url_for("board.changes", **route),
+        operator=board.operator,
     )
     csp = (
         "default-src 'self'; base-uri 'none'; form-action 'none'; object-src 'none'; "

@@ -16,6 +16,11 @@
  * that died without the browser noticing is found another way: after
  * QUIET_CHECK_MS without a frame the page asks /leaderboard whether the board
  * moved on (a 304 when it has not), and reopens the stream if it did.
+ *
+ * With ?recent=N the page also lists the board's N latest changes from its
+ * change log (/changes): "alice +250" on a board that adds, "alice 61,234"
+ * on one that keeps the best or the latest. The browser resumes that stream
+ * with Last-Event-ID by itself.
  */
 
 const OFFLINE_AFTER_MS = 30_000;
@@ -41,6 +46,9 @@ const changes = document.getElementById("changes");
 const rowsShown = Number(table.dataset.rows) || Infinity;
 const reducedMotion = matchMedia("(prefers-reduced-motion: reduce)");
 const numbers = new Intl.NumberFormat();
+
+const recent = document.getElementById("recent");
+const knownNames = new Map(); // display names seen in frames, for the list of changes
 
 const rowsByUser = new Map(); // a user keeps their <tr>, so it can slide to its new place
 const highlightTimers = new WeakMap();
@@ -123,6 +131,7 @@ function showBoard(board) {
   }
 
   const names = board.names ?? {};
+  for (const [user, name] of Object.entries(names)) knownNames.set(user, name);
   const announcements = [];
   const shown = new Set();
   entries.forEach(([user, score], index) => {
@@ -215,6 +224,28 @@ function showUpdatedAt(ts) {
   updated.hidden = false;
 }
 
+function followChanges() {
+  const size = Number(recent.dataset.size) || 5;
+  const adds = recent.dataset.operator === "incr";
+  const source = new EventSource(recent.dataset.changesUrl);
+  source.addEventListener("message", (event) => {
+    const change = JSON.parse(event.data);
+    if (change.type !== "score") return; // a gap: older entries are gone, the newest still come
+    const item = document.createElement("li");
+    const who = document.createElement("span");
+    who.className = "user";
+    who.textContent = knownNames.get(change.userId) ?? change.userId; // text, never markup
+    who.title = change.userId;
+    const what = document.createElement("span");
+    what.className = "score";
+    const added = change.previous === null ? change.score : change.score - change.previous;
+    what.textContent = adds ? `+${numbers.format(added)}` : numbers.format(change.score);
+    item.append(who, " ", what);
+    recent.prepend(item);
+    while (recent.children.length > size) recent.lastElementChild.remove();
+  });
+}
+
 addEventListener("offline", () => setState("offline"));
 addEventListener("online", () => {
   setState("reconnecting");
@@ -222,3 +253,4 @@ addEventListener("online", () => {
 });
 setInterval(watchConnection, WATCH_INTERVAL_MS);
 connect();
+if (recent) followChanges();
