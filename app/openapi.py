@@ -482,18 +482,12 @@ def _board_paths() -> dict[str, Any]:
             }
         }
 
-    def events(board: list[Any]) -> dict[str, Any]:
+    def stream(board: list[Any], summary: str, description: str, operation: str) -> dict[str, Any]:
         return {
             "get": {
-                "summary": "The live board as Server-Sent Events." + auth_note,
-                "description": (
-                    "`retry:` on connect, then the current board (unless `Last-Event-ID` is its version), then every "
-                    'newer board as `id: <version>` + `data: {"type":"update","top":[[userId, score]],'
-                    '"version":N,"ts":T}` (plus `names` when users have display names), and `: ping` at least '
-                    "every 15 s. Over a cap, while draining, or when the board is deleted: a `retry:` hint and "
-                    "the end of the stream."
-                ),
-                "operationId": "events" + ("OfBoard" if board else ""),
+                "summary": summary + auth_note,
+                "description": description,
+                "operationId": operation + ("OfBoard" if board else ""),
                 "parameters": [
                     *board,
                     {"name": "Last-Event-ID", "in": "header", "required": False, "schema": {"type": "string"}},
@@ -510,33 +504,29 @@ def _board_paths() -> dict[str, Any]:
             }
         }
 
+    def events(board: list[Any]) -> dict[str, Any]:
+        return stream(
+            board,
+            "The live board as Server-Sent Events.",
+            "`retry:` on connect, then the current board (unless `Last-Event-ID` is its version), then every "
+            'newer board as `id: <version>` + `data: {"type":"update","top":[[userId, score]],'
+            '"version":N,"ts":T}` (plus `names` when users have display names), and `: ping` at least '
+            "every 15 s. Over a cap, while draining, or when the board is deleted: a `retry:` hint and "
+            "the end of the stream.",
+            "events",
+        )
+
     def changes(board: list[Any]) -> dict[str, Any]:
-        return {
-            "get": {
-                "summary": "The board's change log, live, as Server-Sent Events." + auth_note,
-                "description": (
-                    "`retry:` on connect, then one frame per accepted change from now on, as `id: <entry id>` + "
-                    '`data: {"type":"score","board","userId","score","previous","rank","version","ts"}`. With '
-                    "`Last-Event-ID`, every change after that entry first; when that entry is no longer kept, "
-                    '`data: {"type":"gap"}` first and then the oldest entry kept onwards. `: ping` at least every '
-                    "15 s. Over a cap, while draining, or when the board is deleted: a `retry:` hint and the end."
-                ),
-                "operationId": "changes" + ("OfBoard" if board else ""),
-                "parameters": [
-                    *board,
-                    {"name": "Last-Event-ID", "in": "header", "required": False, "schema": {"type": "string"}},
-                    _REQUEST_ID,
-                ],
-                "responses": {
-                    "200": {
-                        "description": "The stream.",
-                        "content": {"text/event-stream": {"schema": {"type": "string"}}},
-                    },
-                    "401": unauthorized,
-                    "404": not_found,
-                },
-            }
-        }
+        return stream(
+            board,
+            "The board's change log, live, as Server-Sent Events.",
+            "`retry:` on connect, then one frame per accepted change from now on, as `id: <entry id>` + "
+            '`data: {"type":"score","board","userId","score","previous","rank","version","ts"}`. With '
+            "`Last-Event-ID`, every change after that entry first; when that entry is no longer kept, "
+            '`data: {"type":"gap"}` first and then the oldest entry kept onwards. `: ping` at least every '
+            "15 s. Over a cap, while draining, or when the board is deleted: a `retry:` hint and the end.",
+            "changes",
+        )
 
     def leaderboard(board: list[Any]) -> dict[str, Any]:
         return {

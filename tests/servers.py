@@ -36,6 +36,14 @@ def flask_db_upgrade(env: dict[str, str]) -> None:
     )
 
 
+def rss_kb(pid: int) -> int:
+    """A process's resident memory, in KB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -18,7 +18,7 @@ import requests
 from app.leaderboard import BoardKeys
 from tests.conftest import auth, make_token, wait_until
 from tests.private_servers import PrivateRedis
-from tests.servers import GunicornServer
+from tests.servers import GunicornServer, rss_kb
 from tests.sse_client import Swarm, Viewer
 
 pytestmark = pytest.mark.e2e
@@ -198,13 +198,6 @@ def test_frames_are_coalesced_but_the_latest_always_arrives(
 # -- slow, stuck and departing viewers ---------------------------------------
 
 
-def _rss_kb(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
-
-
 def test_a_viewer_that_stops_reading_is_dropped_without_delaying_others(
     start_board: Callable[..., GunicornServer],
     redis_conn: redis.Redis,
@@ -235,7 +228,7 @@ def _a_stuck_viewer_delays_no_one(
     readers = Swarm.connect(f"{board.url}/events", 20)
     assert readers.wait_until(lambda: all(v.frames for v in readers.viewers), timeout=10)
     worker = stats(board)["pid"]
-    rss_before = _rss_kb(worker)
+    rss_before = rss_kb(worker)
 
     # 200 changes, about 7 MB per viewer: far more than the stuck viewer's socket buffers hold.
     deadline_misses = 0
@@ -259,7 +252,7 @@ def _a_stuck_viewer_delays_no_one(
     assert stats(board)["viewers"] == 20
     assert board.metric("leaderboard_streams_ended_total", '{reason="dropped"}') == 1
     assert board.metric("leaderboard_viewers") == 20
-    assert _rss_kb(worker) - rss_before < 30_000, "the worker's memory grew with the stuck viewer"
+    assert rss_kb(worker) - rss_before < 30_000, "the worker's memory grew with the stuck viewer"
     readers.close()
     stuck.close()
 

@@ -25,7 +25,7 @@ from sqlalchemy.engine import Engine
 
 from app.leaderboard import BoardKeys
 from tests.conftest import auth, wait_until
-from tests.servers import GunicornServer, service_env
+from tests.servers import GunicornServer, rss_kb, service_env
 from tests.sse_client import Swarm, Viewer
 
 pytestmark = pytest.mark.e2e
@@ -309,7 +309,7 @@ def test_a_feed_reader_that_stops_reading_is_dropped_and_the_worker_holds_no_bac
         readers = Swarm([live])
         assert readers.wait_until(lambda: live.status == 200, timeout=10)
         worker = requests.get(f"{board.url}/stats", headers=ADMIN, timeout=10).json()["pid"]
-        rss_before = _rss_kb(worker)
+        rss_before = rss_kb(worker)
         stuck = Viewer(url, headers={"Last-Event-ID": "0-1"}, receive_buffer=4096)  # replay all, never read
         time.sleep(0.5)
         for i in range(5):  # live changes keep reaching the reading viewer meanwhile
@@ -323,16 +323,9 @@ def test_a_feed_reader_that_stops_reading_is_dropped_and_the_worker_holds_no_bac
         while chunk := stuck.sock.recv(1 << 20):
             received += len(chunk)
         assert received < 8_000_000  # the server closed it long before the replay's end
-        assert _rss_kb(worker) - rss_before < 30_000, "the worker's memory grew with the stuck reader"
+        assert rss_kb(worker) - rss_before < 30_000, "the worker's memory grew with the stuck reader"
         assert requests.get(f"{board.url}/stats", headers=ADMIN, timeout=10).json()["viewers"] == 1
         stuck.close()
         readers.close()
     finally:
         board.stop()
-
-
-def _rss_kb(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")

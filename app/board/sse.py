@@ -15,14 +15,14 @@ from __future__ import annotations
 import random
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import gevent
 import redis
 
-from app.board.hub import HEARTBEAT, BoardFeed, BoardHub, ChangeFeed, ClientGone, DirectViewer
+from app.board.hub import HEARTBEAT, BoardFeed, BoardHub, ChangeFeed, ClientGone, DirectViewer, Feed
 from app.leaderboard import changes
 from app.leaderboard.changes import Change
 from app.metrics import STREAMS_ENDED
@@ -97,16 +97,30 @@ def stream_board(
     sent for `heartbeat_seconds`. Versions only go up. Ends with a retry hint
     when the worker drains or the board is deleted.
     """
+    if client is None:
+        frames = _frames(hub, feed, options, last_event_id)
+    else:
+        frames = _written_by_the_hub(hub, feed, options, last_event_id, client, chunked)
+    yield from _counted(hub, feed, options, frames, client, client_ip)
+
+
+def _counted(
+    hub: BoardHub,
+    feed: Feed,
+    options: StreamOptions,
+    frames: Generator[bytes, None, None],
+    client: socket.socket | None,
+    client_ip: str,
+) -> Iterator[bytes]:
+    """`frames` for one viewer counted in (or sent away over a cap), and out again however it ends."""
     if not hub.join(feed, client_ip):
+        frames.close()
         yield come_back_later(options)
         return
     ended = "dropped"  # unless we learn otherwise: the server closed us after a failed write
     try:
         with ended_when_client_leaves(client):
-            if client is None:
-                yield from _frames(hub, feed, options, last_event_id)
-            else:
-                yield from _written_by_the_hub(hub, feed, options, last_event_id, client, chunked)
+            yield from frames
         ended = "draining"
     except ClientGone:
         ended = "client_gone"
@@ -123,7 +137,7 @@ def _written_by_the_hub(
     last_event_id: int | None,
     client: socket.socket,
     chunked: bool,
-) -> Iterator[bytes]:
+) -> Generator[bytes, None, None]:
     """Under gunicorn: the first frame goes out through gunicorn (with the headers), the rest from the hub.
 
     This greenlet then only wakes when the hub hands it a write a full socket
@@ -167,7 +181,9 @@ def _finish_pending_writes(feed: BoardFeed, viewer: DirectViewer, client: socket
         raise ViewerDropped from None
 
 
-def _frames(hub: BoardHub, feed: BoardFeed, options: StreamOptions, last_event_id: int | None) -> Iterator[bytes]:
+def _frames(
+    hub: BoardHub, feed: BoardFeed, options: StreamOptions, last_event_id: int | None
+) -> Generator[bytes, None, None]:
     """Not under gunicorn (no socket to write to): every newer board, yielded."""
     current = feed.latest
     sent = last_event_id if current is not None and last_event_id == current.version else 0
@@ -217,23 +233,12 @@ def stream_changes(
     `heartbeat_seconds`. Ends with a retry hint when the worker drains or the
     board is deleted.
     """
-    if not hub.join(feed, client_ip):
-        yield come_back_later(options)
-        return
-    ended = "dropped"
-    try:
-        with ended_when_client_leaves(client):
-            yield from _changes(hub, feed, options, last_event_id)
-        ended = "draining"
-    except ClientGone:
-        ended = "client_gone"
-        raise
-    finally:
-        hub.leave(feed, client_ip)
-        STREAMS_ENDED.labels(ended).inc()
+    yield from _counted(hub, feed, options, _changes(hub, feed, options, last_event_id), client, client_ip)
 
 
-def _changes(hub: BoardHub, feed: ChangeFeed, options: StreamOptions, last_event_id: str | None) -> Iterator[bytes]:
+def _changes(
+    hub: BoardHub, feed: ChangeFeed, options: StreamOptions, last_event_id: str | None
+) -> Generator[bytes, None, None]:
     yield retry_hint(options.retry_ms)
     after = last_event_id.strip() if last_event_id and changes.parse_id(last_event_id) else None
     position = changes.parse_id(after) or (0, 0)
