@@ -336,6 +336,7 @@ def test_with_recent_the_page_lists_the_latest_changes_newest_first_as_text(
     assert requests.post(post, json={"score": 100}, headers=auth("u1", name=sneaky), timeout=10).status_code == 200
     tab.page.goto(f"{board.url}/boards/{sprint}/?recent=3")
     expect_state(tab.page.main_frame, "live")
+    expect(tab.page.locator("#recent")).to_have_attribute("data-state", "live")
     recent = tab.page.locator("#recent li")
     expect(recent).to_have_count(0)  # from now on: what came before is on the board
     for user, score in [("u1", 250), ("u2", 40), ("u3", 7), ("u2", 5)]:

@@ -705,6 +705,8 @@ class BoardHub:
                 if not following:
                     self._feeds_changed.wait(PING_INTERVAL)
                     continue
+                if self._feeds_changed.is_set():  # a board came while the list was made (its wake-up found
+                    continue  # no read to wake): make it again
                 connection.send_command(
                     "XREAD", "COUNT", CHANGES_PAGE, "BLOCK", block_ms, "STREAMS", *following, *following.values()
                 )

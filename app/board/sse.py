@@ -12,6 +12,7 @@ stream's greenlet is ended with ClientGone.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import socket
 import time
@@ -239,8 +240,13 @@ def stream_changes(
 def _changes(
     hub: BoardHub, feed: ChangeFeed, options: StreamOptions, last_event_id: str | None
 ) -> Generator[bytes, None, None]:
-    yield retry_hint(options.retry_ms)
     after = last_event_id.strip() if last_event_id and changes.parse_id(last_event_id) else None
+    if after is None:
+        # From now on: "now" is fixed before the stream opens, so a change made once
+        # the viewer sees it open is never taken for one from before.
+        with contextlib.suppress(redis.RedisError):
+            after = hub.newest_change(feed)
+    yield retry_hint(options.retry_ms)
     position = changes.parse_id(after) or (0, 0)
     next_heartbeat = time.monotonic() + options.heartbeat_seconds
     while not hub.must_end(feed):

@@ -228,6 +228,8 @@ function followChanges() {
   const size = Number(recent.dataset.size) || 5;
   const adds = recent.dataset.operator === "incr";
   const source = new EventSource(recent.dataset.changesUrl);
+  source.addEventListener("open", () => (recent.dataset.state = "live"));
+  source.addEventListener("error", () => (recent.dataset.state = "reconnecting"));
   source.addEventListener("message", (event) => {
     const change = JSON.parse(event.data);
     if (change.type !== "score") return; // a gap: older entries are gone, the newest still come
