@@ -361,6 +361,27 @@ def test_rebuild_replaces_entries_sql_does_not_have(
     assert latest["top"] == [["real", "10"]]
 
 
+def test_a_missing_board_rebuilt_by_two_processes_is_published_once(
+    engine: Engine,
+    session: Session,
+    cache: BoardCache,
+    make_board: Callable[..., Board],
+    listen: Callable[[Board], ChannelListener],
+) -> None:
+    """As after a Redis restart, when a write and the keeper (or a board worker) both find it missing."""
+    board = make_board(3)
+    insert_rows(engine, board, [("real", 10, T0)])
+    channel = listen(board)
+    first = rebuild_board(session, cache, board, reason="missing")
+    second = rebuild_board(session, cache, board, reason="missing")
+    assert first.version is not None
+    assert second.version == first.version
+    assert [m["version"] for m in channel.drain()] == [first.version]  # one message, not two
+    assert cache.entries(board) == [("real", 10)]
+    # A drift (or a manual) rebuild still replaces what is there.
+    assert rebuild_board(session, cache, board, reason="drift").version > first.version
+
+
 def test_a_board_deleted_meanwhile_takes_no_write(
     engine: Engine, cache: BoardCache, registry: BoardRegistry, make_board: Callable[..., Board]
 ) -> None:

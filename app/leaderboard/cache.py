@@ -62,7 +62,8 @@ HOLD_MS = 2000
 #                  to its last place (the caller then fills it: only SQL knows who is below).
 #                  "merge": any number of standings, one message; "fill": a merge
 #                  of SQL's top N after "short", always published; "replace":
-#                  empty the set first, then as merge
+#                  empty the set first, then as merge; "rebuild": a replace, unless the
+#                  board is there (built from this origin) by now
 # ARGV[4] direction  1: lower is better; -1: higher is better
 # ARGV[5] origin   the board's uid ("" when not known: not checked)
 # ARGV[6] board    the board id the message names ("" for the default board: the seed's message)
@@ -356,6 +357,16 @@ if mode == 'write' then
     return {'written', version}
   end
   return {'unchanged', redis.call('GET', version_key) or false}
+end
+
+if mode == 'rebuild' then
+  -- Another process rebuilt it since the caller found it missing: nothing to do
+  -- (each would otherwise publish the same board again).
+  if redis.call('EXISTS', version_key, latest_key) == 2
+      and (origin == '' or redis.call('GET', origin_key) == origin) then
+    return {'unchanged', redis.call('GET', version_key)}
+  end
+  mode = 'replace'
 end
 
 local changed = mode == 'fill'

@@ -58,10 +58,13 @@ def rebuild_board(
     the merge restores it; later writes apply their own script after ours.
     `updated`, when a write triggered the rebuild, is named in the message.
     `removals` are users just deleted from SQL: their late writes stay out.
-    `reason` labels the rebuild in the metrics (missing, drift, manual, removal).
+    `reason` labels the rebuild in the metrics (missing, drift, manual, removal); a
+    "missing" board that another process rebuilt meanwhile is not replaced again.
     """
     REBUILDS.labels(reason).inc()
-    cache.apply(board, top_standings(session, board), mode="replace", updated=updated, removals=removals)
+    # A missing board may have been rebuilt by another process meanwhile: then only the merge.
+    replace = "rebuild" if reason == "missing" else "replace"
+    cache.apply(board, top_standings(session, board), mode=replace, updated=updated, removals=removals)
     result = cache.apply(board, top_standings(session, board), mode="merge", updated=updated)
     session.rollback()  # end the read transaction; nothing was written
     return result
