@@ -184,7 +184,13 @@ class ChangeFeed:
         back to `position` (the viewer reads those from Redis)."""
         if self.complete_after is None or position < self.complete_after:
             return None
-        return [change for change in self.entries if change.position > position]
+        newer = []
+        for change in reversed(self.entries):  # a viewer is near the newest: only what it lacks is looked at
+            if change.position <= position:
+                break
+            newer.append(change)
+        newer.reverse()
+        return newer
 
     def add(self, found: list[Change]) -> None:
         newest = changes.parse_id(self.newest) or (0, 0)
@@ -739,8 +745,9 @@ class BoardHub:
         change_feed = self._changes_by_channel.get(channel)
         if change_feed is not None:
             # Subscribed (again, maybe after missing notices): start over from the newest entry.
-            # A notice: read what came after what the feed holds.
-            gevent.spawn(self._catch_up, change_feed, restart=kind == "subscribe")
+            # A notice: read what came after what the feed holds, unless it holds that already.
+            if kind == "subscribe" or self._news_for(change_feed, message["data"]):
+                gevent.spawn(self._catch_up, change_feed, restart=kind == "subscribe")
             return
         feed = self._by_channel.get(channel)
         if feed is None:
@@ -750,6 +757,12 @@ class BoardHub:
             gevent.spawn(self._refresh_quietly, feed)
         else:
             self._on_message(feed, message["data"])
+
+    @staticmethod
+    def _news_for(feed: ChangeFeed, data: str | bytes) -> bool:
+        """Whether a notice names an entry newer than the feed holds (a read overlapping it may have)."""
+        notified = changes.parse_id(data.decode() if isinstance(data, bytes) else data)
+        return notified is None or notified > (changes.parse_id(feed.newest) or (0, 0))
 
     def _refresh_quietly(self, feed: BoardFeed) -> None:
         try:

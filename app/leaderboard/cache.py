@@ -205,6 +205,18 @@ local function ts_of(now)
   return now[1] .. '.' .. string.format('%06d', tonumber(now[2]))
 end
 
+-- The change log's clock: read once per call (a call's changes are one instant to it).
+local log_now = nil
+local function log_time()
+  log_now = log_now or redis.call('TIME')
+  return log_now
+end
+
+local function now_ms()
+  local now = log_time()
+  return tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+end
+
 -- Appends one accepted change to the log; returns its entry id.
 local function append(user, value, previous, rank, row_version)
   if previous == '' then previous = 'null' end
@@ -212,7 +224,7 @@ local function append(user, value, previous, rank, row_version)
   local version = redis.call('GET', version_key) or '0'
   local entry = '{"type":"score","board":' .. cjson.encode(log_board)
     .. ',"userId":' .. cjson.encode(user) .. ',"score":' .. value .. ',"previous":' .. previous
-    .. ',"rank":' .. rank .. ',"version":' .. version .. ',"ts":' .. ts_of(redis.call('TIME')) .. '}'
+    .. ',"rank":' .. rank .. ',"version":' .. version .. ',"ts":' .. ts_of(log_time()) .. '}'
   local id = redis.call('XADD', changes, 'MAXLEN', '~', retain, '*', 'data', entry)
   redis.call('HSET', logged_key, user, row_version)
   return id
@@ -232,11 +244,6 @@ local function release_after(user, row_version)
     waiting = redis.call('HGET', held, waiting_key)
   end
   return id
-end
-
-local function now_ms()
-  local now = redis.call('TIME')
-  return tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 end
 
 -- Logs a change now, or holds it while the change before it is not logged yet; returns the last id logged.

@@ -19,6 +19,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, cast
 
 import redis
@@ -48,8 +49,9 @@ class Change:
     id: str
     data: str
 
-    @property
+    @cached_property
     def position(self) -> tuple[int, int]:
+        """The id as a comparable pair, parsed once."""
         found = parse_id(self.id)
         assert found is not None
         return found
