@@ -68,6 +68,18 @@ def test_a_change_to_a_board_redis_lost_is_logged_once_after_the_rebuild(
     assert cache.entries(board) == [("ann", 11)]
 
 
+def test_a_board_built_from_another_sql_board_before_starts_its_own_log(
+    engine: Engine, cache: BoardCache, make_board: Callable[..., Board], redis_conn: redis.Redis
+) -> None:
+    """As when two checkouts share one Redis: the log of the other's board is not this one's."""
+    board = make_board(3)
+    submit(engine, cache, board, "ann", 5)
+    redis_conn.set(board.keys.origin, "another-database")
+    submit(engine, cache, board, "bob", 1)  # the board is rebuilt from this SQL, its log starts over
+    assert [(e["userId"], e["score"]) for e in entries(redis_conn, board)] == [("bob", 1)]
+    assert cache.entries(board) == [("ann", 5), ("bob", 1)]
+
+
 def test_with_changes_retain_0_there_is_no_log(
     engine: Engine, make_board: Callable[..., Board], redis_conn: redis.Redis
 ) -> None:

@@ -384,6 +384,11 @@ end
 if mode == 'replace' then
   redis.call('DEL', top, members, names)
   if origin ~= '' then
+    if redis.call('GET', origin_key) ~= origin then
+      -- Built from another SQL board before (another database, or the board deleted
+      -- and made again): its change log is not this board's.
+      redis.call('DEL', changes, logged_key, held, held_since)
+    end
     redis.call('SET', origin_key, origin)
   end
 end
