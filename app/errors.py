@@ -28,6 +28,7 @@ from app.leaderboard import (
     InvalidBoard,
     TotalLimitExceeded,
 )
+from app.leaderboard.seasons import PeriodNotBegun, UnknownPeriod
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +163,14 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(BoardNotFound)
     def board_not_found(error: BoardNotFound) -> Response:
         return error_response(404, "board_not_found", f"There is no board {error.board_id!r}.")
+
+    @app.errorhandler(UnknownPeriod)
+    def unknown_period(error: UnknownPeriod) -> Response:
+        return error_response(400, "invalid_query", f"{str(error)!r} is not the id of one of the board's periods.")
+
+    @app.errorhandler(PeriodNotBegun)
+    def period_not_begun(error: PeriodNotBegun) -> Response:
+        return error_response(404, "period_not_found", f"Period {str(error)!r} of the board has not begun.")
 
     @app.errorhandler(InvalidBoard)
     def invalid_board(error: InvalidBoard) -> Response:

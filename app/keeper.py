@@ -11,6 +11,12 @@
   looked at within minutes even if the process that lost its update died.
   So the live boards converge to SQL within a few seconds of Redis
   answering again, with no operator action and no write needed.
+- At each period's end on a board with resets (it wakes for it), it switches
+  the live board to the new period: Redis is rebuilt from SQL for that period
+  (empty, or holding what was already submitted in it) and published, so
+  every viewer gets it. Every worker of every instance tries; APPLY_SCRIPT's
+  rebuild mode lets exactly one of them do it, and refuses to go back to an
+  earlier period.
 - About every ten seconds, it compacts the rank index of the boards where
   that is due.
 
@@ -45,6 +51,9 @@ from app.leaderboard.rebuild import Drift, board_drift, rebuild_board
 log = logging.getLogger(__name__)
 
 RECONCILE_EVERY_SECONDS = 1.0
+# How long after a period's end the keeper wakes to switch: past the end by
+# the database's clock even with a few milliseconds of error in the skew.
+PERIOD_SWITCH_DELAY_SECONDS = 0.05
 COMPACTION_CHECK_EVERY = 10  # reconcile rounds
 # Reconcile rounds between two reads of every board's settings: well within
 # BoardRegistry.TTL, so a request never waits for SQL to look a board up.
@@ -57,8 +66,8 @@ SWEEP_PER_ROUND = 5
 
 # Changes waiting per board, in one pass over the index (compaction keeps
 # each board's backlog short, so the whole is too).
-_BACKLOGS = "SELECT board, count(*) FROM rank_deltas GROUP BY board"
-_BUCKETED = "SELECT DISTINCT board FROM rank_buckets"
+_BACKLOGS = "SELECT board, period, count(*) FROM rank_deltas GROUP BY board, period"
+_BUCKETED = "SELECT DISTINCT board, period FROM rank_buckets"
 # A board without buckets (a few hundred users) never reads its changes: they
 # are only cleared now and then, so a thousand small boards cost little.
 UNREAD_CHANGES_KEPT_SECONDS = 600.0
@@ -76,7 +85,7 @@ class BoardKeeper:
         self._rounds = 0
         self._sweep_at = 0
         self._suspects: dict[str, Drift] = {}
-        self._last_compaction: dict[str, float] = {}
+        self._last_compaction: dict[tuple[str, str], float] = {}
         self._started = time.monotonic()
         self._greenlet: gevent.Greenlet[Any] | None = None
         self._failing_since: float | None = None
@@ -87,8 +96,9 @@ class BoardKeeper:
 
     def _run(self) -> None:
         while True:
-            # Jittered, so the workers of a fleet do not all check at once.
-            gevent.sleep(RECONCILE_EVERY_SECONDS * random.uniform(0.8, 1.2))
+            # Jittered, so the workers of a fleet do not all check at once;
+            # but awake right after a period ends, to switch to the next one.
+            gevent.sleep(min(RECONCILE_EVERY_SECONDS * random.uniform(0.8, 1.2), self._until_next_period()))
             try:
                 self.reconcile()
                 if self._rounds % COMPACTION_CHECK_EVERY == 0:
@@ -102,13 +112,21 @@ class BoardKeeper:
             except Exception:
                 log.exception("board upkeep failed; retrying")
 
+    def _until_next_period(self) -> float:
+        """Seconds until the earliest end of a current period (a little after it), or a day."""
+        ends = [board.period.end for board in self._boards if board.period is not None]
+        if not ends:
+            return 86_400.0
+        return max(0.0, (min(ends) - self.registry.clock.now()).total_seconds()) + PERIOD_SWITCH_DELAY_SECONDS
+
     def reconcile(self) -> dict[str, str]:
-        """One round: what was done per board looked at ("ok", "watching" or "rebuilt")."""
+        """One round: what was done per board looked at ("ok", "watching", "rebuilt" or "switched")."""
         if self._rounds % REGISTRY_EVERY == 0 or not self._boards:
             self._boards = self.registry.all()
+        self._boards = [self.registry.current(board) for board in self._boards]
         self._rounds += 1
         by_id = {board.id: board for board in self._boards}
-        outcome: dict[str, str] = {}
+        outcome: dict[str, str] = self.switch_periods()
         if self._rounds % ALL_BOARDS_EVERY == 1 or len(self._boards) == 1:
             built = self.cache.built(self._boards)
             for board in self._boards:
@@ -120,6 +138,21 @@ class BoardKeeper:
             if compared is not None and board_id not in outcome:
                 outcome[board_id] = self.check(compared)
         return outcome
+
+    def switch_periods(self) -> dict[str, str]:
+        """Every board with resets whose live board is not of its current period yet: switched to it."""
+        with_resets = [board for board in self._boards if board.period is not None]
+        if not with_resets:
+            return {}
+        built = self.cache.built(with_resets)
+        switched = {}
+        for board in with_resets:
+            if not built[board.id]:
+                with Session(self.engine) as session:
+                    rebuild_board(session, self.cache, board, reason="period")
+                log.info("board %s: period %s", board.id, board.period_id)
+                switched[board.id] = "switched"
+        return switched
 
     def _sweep(self) -> list[str]:
         """The next few boards in turn, so each is compared with SQL now and then."""
@@ -155,27 +188,28 @@ class BoardKeeper:
         log.warning("rebuilt board %s from SQL: %s", board.id, why)
         return "rebuilt"
 
-    def compact_rank_indexes_if_due(self) -> dict[str, Compaction | None]:
-        """Compact the rank index of every board with enough changes waiting, or with any for long enough."""
+    def compact_rank_indexes_if_due(self) -> dict[tuple[str, str], Compaction | None]:
+        """Compact the rank index of every board's period with enough changes waiting, or with any
+        for long enough; answers by (board, period)."""
         with self.engine.connect() as connection:
-            backlogs = {board: int(count) for board, count in connection.execute(text(_BACKLOGS))}
-            bucketed = set(connection.execute(text(_BUCKETED)).scalars())
-        done: dict[str, Compaction | None] = {}
-        for board, backlog in backlogs.items():
-            waited = time.monotonic() - self._last_compaction.get(board, self._started)
-            age = COMPACT_AT_AGE_SECONDS if board in bucketed else UNREAD_CHANGES_KEPT_SECONDS
+            backlogs = {(board, period): int(count) for board, period, count in connection.execute(text(_BACKLOGS))}
+            bucketed = {(board, period) for board, period in connection.execute(text(_BUCKETED))}
+        done: dict[tuple[str, str], Compaction | None] = {}
+        for part, backlog in backlogs.items():
+            waited = time.monotonic() - self._last_compaction.get(part, self._started)
+            age = COMPACT_AT_AGE_SECONDS if part in bucketed else UNREAD_CHANGES_KEPT_SECONDS
             if backlog >= COMPACT_AT_BACKLOG or waited >= age:
-                done[board] = self.compact_rank_index(board)
+                done[part] = self.compact_rank_index(*part)
         return done
 
-    def compact_rank_index(self, board: str) -> Compaction | None:
+    def compact_rank_index(self, board: str, period: str = "") -> Compaction | None:
         started = time.monotonic()
-        result = compact_rank_index(self.engine, board)
-        self._last_compaction[board] = time.monotonic()
+        result = compact_rank_index(self.engine, board, period=period)
+        self._last_compaction[board, period] = time.monotonic()
         if result is not None:
             log.info(
                 "rank index of %s: folded %d changes into %d buckets%s in %.2fs",
-                board,
+                f"{board} ({period})" if period else board,
                 result.folded,
                 result.buckets,
                 " (recut)" if result.recut else "",

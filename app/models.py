@@ -28,6 +28,7 @@ IDEMPOTENCY_KEY_MAX_LENGTH = 255
 BOARD_ID_MAX_LENGTH = 64
 BOARD_TITLE_MAX_LENGTH = 120
 NAME_MAX_LENGTH = 64
+PERIOD_ID_MAX_LENGTH = 32
 
 # Byte-wise comparison on PostgreSQL (collation "C"), as SQLite and Redis
 # compare, so the userId tie-break is the same everywhere.
@@ -63,6 +64,8 @@ class Score(db.Model):  # type: ignore[name-defined,misc]
 
     board: Mapped[str] = mapped_column(String(BOARD_ID_MAX_LENGTH), ForeignKey("boards.id"), primary_key=True)
     user_id: Mapped[str] = mapped_column(UserId, primary_key=True)
+    # The period the value counts in (app.leaderboard.seasons); "" on a board without resets.
+    period: Mapped[str] = mapped_column(String(PERIOD_ID_MAX_LENGTH), primary_key=True, server_default="")
     total: Mapped[int] = mapped_column(BigInteger)
     # When the user reached `total` (UTC, set by the database clock); the
     # first to reach a value ranks ahead of later ones.
@@ -85,9 +88,9 @@ class Score(db.Model):  # type: ignore[name-defined,misc]
     rank_key: Mapped[str] = mapped_column(RankKey, FetchedValue())
 
     __table_args__ = (
-        # The board in rank order: the top N, and counting the rows ahead of
-        # anyone, are ranges of this index.
-        Index("ix_scores_rank", "board", "rank_key"),
+        # A board's period in rank order: the top N, and counting the rows
+        # ahead of anyone, are ranges of this index.
+        Index("ix_scores_rank", "board", "period", "rank_key"),
     )
 
 
@@ -102,10 +105,11 @@ class RankDelta(db.Model):  # type: ignore[name-defined,misc]
 
     id: Mapped[int] = mapped_column(Integer().with_variant(BigInteger, "postgresql"), primary_key=True)
     board: Mapped[str] = mapped_column(String(BOARD_ID_MAX_LENGTH))
+    period: Mapped[str] = mapped_column(String(PERIOD_ID_MAX_LENGTH), server_default="")
     rank_key: Mapped[str] = mapped_column(RankKey)
     delta: Mapped[int] = mapped_column(SmallInteger)
 
-    __table_args__ = (Index("ix_rank_deltas_board_rank_key", "board", "rank_key", "delta"),)
+    __table_args__ = (Index("ix_rank_deltas_board_rank_key", "board", "period", "rank_key", "delta"),)
 
 
 class RankBucket(db.Model):  # type: ignore[name-defined,misc]
@@ -114,11 +118,12 @@ class RankBucket(db.Model):  # type: ignore[name-defined,misc]
     __tablename__ = "rank_buckets"
 
     board: Mapped[str] = mapped_column(String(BOARD_ID_MAX_LENGTH), primary_key=True)
+    period: Mapped[str] = mapped_column(String(PERIOD_ID_MAX_LENGTH), primary_key=True, server_default="")
     start_key: Mapped[str] = mapped_column(RankKey, primary_key=True)
     users_before: Mapped[int] = mapped_column(BigInteger)
 
     # The bucket a rank falls in (pages, windows): one probe by count.
-    __table_args__ = (Index("ix_rank_buckets_board_users_before", "board", "users_before"),)
+    __table_args__ = (Index("ix_rank_buckets_board_users_before", "board", "period", "users_before"),)
 
 
 class UserName(db.Model):  # type: ignore[name-defined,misc]

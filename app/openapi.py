@@ -55,6 +55,8 @@ _REQUEST_ID = {
 def _schemas(settings: Settings) -> dict[str, Any]:
     score = {"type": "integer", "minimum": 0, "maximum": MAX_SAFE_TOTAL}
     rank = {"type": ["integer", "null"], "minimum": 1}
+    period = {"type": "string", "description": "On a board with resets: the period (2026-12-02, 2026-W49, ...)."}
+    period_ends = {"type": "string", "format": "date-time", "description": "When the period ends (board timezone)."}
     return {
         "Error": {
             "type": "object",
@@ -135,6 +137,7 @@ def _schemas(settings: Settings) -> dict[str, Any]:
                 "score": {**score, "description": "The caller's value on the board after the submission."},
                 "rank": {**rank, "description": "1-based rank, or null outside the board's top N."},
                 "improved": {"type": "boolean", "description": "Whether the submission changed the value."},
+                "period": {**period, "description": "On a board with resets: the period it counted in."},
             },
         },
         "ScoresAccepted": {
@@ -150,7 +153,12 @@ def _schemas(settings: Settings) -> dict[str, Any]:
                         "type": "object",
                         "required": ["score", "rank", "improved"],
                         "additionalProperties": False,
-                        "properties": {"score": score, "rank": rank, "improved": {"type": "boolean"}},
+                        "properties": {
+                            "score": score,
+                            "rank": rank,
+                            "improved": {"type": "boolean"},
+                            "period": period,
+                        },
                     },
                 },
             },
@@ -168,12 +176,15 @@ def _schemas(settings: Settings) -> dict[str, Any]:
         },
         "Leaderboard": {
             "type": "object",
-            "required": ["version", "top"],
+            "required": ["top"],
             "additionalProperties": False,
+            "description": "The live board (with its version), or with ?period= a period that ended (no version).",
             "properties": {
                 "version": {"type": "integer", "minimum": 1},
                 "top": {"type": "array", "maxItems": TOP_N_MAX, "items": {"$ref": "#/components/schemas/Entry"}},
                 "names": {"$ref": "#/components/schemas/Names"},
+                "period": period,
+                "periodEnds": period_ends,
             },
         },
         "Ranking": {
@@ -182,6 +193,8 @@ def _schemas(settings: Settings) -> dict[str, Any]:
             "additionalProperties": False,
             "properties": {
                 "count": {"type": "integer", "minimum": 0, "description": "Users on the board (pages, around)."},
+                "period": period,
+                "periodEnds": period_ends,
                 "entries": {
                     "type": "array",
                     "maxItems": PAGE_LIMIT_MAX,
@@ -204,7 +217,31 @@ def _schemas(settings: Settings) -> dict[str, Any]:
                 "scoreMax": score,
                 "reset": {"type": "string"},
                 "timezone": {"type": "string"},
-                "period": {"type": "null", "description": "The current period (boards with a reset)."},
+                "period": {"type": ["string", "null"], "description": "The current period (null without resets)."},
+                "periodEnds": {"type": ["string", "null"], "format": "date-time", "description": "When it ends."},
+            },
+        },
+        "Periods": {
+            "type": "object",
+            "required": ["periods"],
+            "additionalProperties": False,
+            "properties": {
+                "periods": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["id", "start", "end", "current", "top"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "id": period,
+                            "start": {"type": "string", "format": "date-time"},
+                            "end": {"type": "string", "format": "date-time"},
+                            "current": {"type": "boolean"},
+                            "top": {"type": "array", "maxItems": 3, "items": {"$ref": "#/components/schemas/Entry"}},
+                            "names": {"$ref": "#/components/schemas/Names"},
+                        },
+                    },
+                }
             },
         },
         "BoardSettings": {
@@ -221,7 +258,13 @@ def _schemas(settings: Settings) -> dict[str, Any]:
                 "operator": {"enum": list(OPERATORS)},
                 "scoreMin": score,
                 "scoreMax": score,
-                "reset": {"enum": ["none"]},
+                "reset": {
+                    "type": "string",
+                    "maxLength": 100,
+                    "examples": ["none", "daily", "weekly", "monthly", "0 6 * * 1"],
+                    "description": "none, daily, weekly (Monday), monthly, or a cron expression (5 fields, or 6 "
+                    "with seconds last), in the board's timezone.",
+                },
                 "timezone": {"type": "string", "examples": ["UTC", "Europe/Berlin"]},
             },
         },
@@ -249,7 +292,13 @@ def _schemas(settings: Settings) -> dict[str, Any]:
             "type": "object",
             "required": ["userId", "score", "rank"],
             "additionalProperties": False,
-            "properties": {"userId": {"type": "string"}, "score": score, "rank": {"type": "integer", "minimum": 1}},
+            "properties": {
+                "userId": {"type": "string"},
+                "score": score,
+                "rank": {"type": "integer", "minimum": 1},
+                "period": period,
+                "periodEnds": period_ends,
+            },
         },
         "Health": {
             "type": "object",
@@ -462,6 +511,7 @@ def _board_paths() -> dict[str, Any]:
         ("limit", {"type": "integer", "minimum": 1, "maximum": PAGE_LIMIT_MAX}, "How many entries (default 10)."),
         ("around", {"type": "string", "minLength": 1}, "limit entries with this user in the middle."),
         ("users", {"type": "string", "minLength": 1}, "Up to 100 user ids, by commas: their entries in rank order."),
+        ("period", {"type": "string", "minLength": 1}, "A period of a board with resets (default: the current one)."),
     ]
 
     def page(board: list[Any]) -> dict[str, Any]:
@@ -556,7 +606,10 @@ def _board_paths() -> dict[str, Any]:
                     "304": {"description": "Unchanged since the ETag given."},
                     "400": _error("More than one of offset, around and users, or a bad value (invalid_query)."),
                     "401": unauthorized,
-                    "404": _error("No such board (board_not_found), or around a user with no score (user_not_found)."),
+                    "404": _error(
+                        "No such board (board_not_found), around a user with no score (user_not_found), or a "
+                        "period that has not begun (period_not_found)."
+                    ),
                     "503": _error("No board available yet, or the database is unavailable.", _RETRY_AFTER),
                 },
             }
@@ -567,11 +620,20 @@ def _board_paths() -> dict[str, Any]:
             "get": {
                 "summary": "A user's value and exact rank, also outside the top N." + auth_note,
                 "operationId": "userRank" + ("OfBoard" if board else ""),
-                "parameters": [*board, _USER_PARAMETER, _REQUEST_ID],
+                "parameters": [
+                    *board,
+                    _USER_PARAMETER,
+                    {"name": "period", "in": "query", "required": False, "schema": {"type": "string"}},
+                    _REQUEST_ID,
+                ],
                 "responses": {
                     "200": _json({"$ref": "#/components/schemas/UserRank"}, "The user's standing."),
+                    "400": _error("period is not the id of one of the board's periods (invalid_query)."),
                     "401": unauthorized,
-                    "404": _error("No such board (board_not_found), or no score for this user (user_not_found)."),
+                    "404": _error(
+                        "No such board (board_not_found), no score for this user (user_not_found), or a period "
+                        "that has not begun (period_not_found)."
+                    ),
                     "503": _error("The database is unavailable.", _RETRY_AFTER),
                 },
             }
@@ -599,6 +661,37 @@ def _board_paths() -> dict[str, Any]:
         "/boards/{boardId}/changes": changes([_BOARD_PARAMETER]),
         "/boards/{boardId}/leaderboard": leaderboard([_BOARD_PARAMETER]),
         "/boards/{boardId}/users/{userId}": user_rank([_BOARD_PARAMETER]),
+        "/boards/{boardId}/periods": {
+            "get": {
+                "summary": "The board's periods, newest first (the current one, then those with scores), "
+                "each with its top 3." + auth_note,
+                "operationId": "periodsOfBoard",
+                "parameters": [
+                    _BOARD_PARAMETER,
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "integer", "minimum": 1, "maximum": PAGE_LIMIT_MAX},
+                    },
+                    {
+                        "name": "before",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "string"},
+                        "description": "Only periods before this one (the next page).",
+                    },
+                    _REQUEST_ID,
+                ],
+                "responses": {
+                    "200": _json({"$ref": "#/components/schemas/Periods"}, "The periods."),
+                    "400": _error("A bad limit, or before is not a period of the board (invalid_query)."),
+                    "401": unauthorized,
+                    "404": not_found,
+                    "503": _error("The database is unavailable.", _RETRY_AFTER),
+                },
+            }
+        },
         "/stats": {
             "get": {
                 "summary": "This worker's own numbers (viewers, boards, frames, reconnects), for admins.",

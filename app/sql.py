@@ -23,17 +23,23 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import Pool, QueuePool
 
-# The database's own clock, for "when the user reached this total". On
-# PostgreSQL clock_timestamp(), not now(): the time of this statement, after
-# any lock wait, not the start of the transaction. On SQLite, milliseconds
-# padded to the six digits SQLAlchemy stores, so values compare as text.
+# The database's own clock, for "when the user reached this total" and which
+# period a submission counts in. On PostgreSQL clock_timestamp(), not now():
+# the time of this statement, after any lock wait, not the start of the
+# transaction; plus the session's `leaderboard.clock_offset` in seconds (unset:
+# 0), which is how the tests move the database's time (PGOPTIONS="-c
+# leaderboard.clock_offset=3600"). On SQLite, milliseconds padded to the six
+# digits SQLAlchemy stores, so values compare as text.
+CLOCK_OFFSET = (
+    "make_interval(secs => coalesce(nullif(current_setting('leaderboard.clock_offset', true), ''), '0')::float8)"
+)
 NOW = {
-    "postgresql": "(clock_timestamp() AT TIME ZONE 'UTC')",
+    "postgresql": f"((clock_timestamp() + {CLOCK_OFFSET}) AT TIME ZONE 'UTC')",
     "sqlite": "strftime('%Y-%m-%d %H:%M:%f000', 'now')",
 }
 # The same clock in µs since the epoch, for row versions; and the larger of two values.
 NOW_US = {
-    "postgresql": "(extract(epoch from clock_timestamp()) * 1000000)::bigint",
+    "postgresql": f"(extract(epoch from clock_timestamp() + {CLOCK_OFFSET}) * 1000000)::bigint",
     "sqlite": "CAST((julianday('now') - 2440587.5) * 86400000000.0 AS INTEGER)",
 }
 GREATEST = {"postgresql": "greatest", "sqlite": "max"}

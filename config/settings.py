@@ -74,6 +74,7 @@ VARIABLES = (
     "SSE_MAX_VIEWERS_PER_IP",
     "TRUSTED_PROXIES",
     "PROMETHEUS_MULTIPROC_DIR",
+    "PGOPTIONS",
 )
 
 
@@ -124,6 +125,10 @@ class Settings:
     sse_max_viewers_per_ip: int = 50
     trusted_proxies: int = 0
     prometheus_multiproc_dir: str | None = None
+    # libpq's own variable, which the services' connection options would
+    # otherwise shadow: added to them (e.g. "-c leaderboard.clock_offset=3600"
+    # moves the database clock the services see, app.sql).
+    pg_options: str = ""
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -173,6 +178,7 @@ class Settings:
                 "SSE_MAX_VIEWERS_PER_IP", cls.sse_max_viewers_per_ip, low=1, high=100_000
             ),
             trusted_proxies=reader.integer("TRUSTED_PROXIES", cls.trusted_proxies, low=0, high=5),
+            pg_options=reader.text("PGOPTIONS", cls.pg_options),
             prometheus_multiproc_dir=reader.optional("PROMETHEUS_MULTIPROC_DIR"),
         )
         settings.check()
@@ -225,7 +231,8 @@ class Settings:
                     # or start parallel workers for a count it overestimates:
                     # their start costs more than the walk (app.leaderboard.ranks).
                     "options": f"-c statement_timeout={timeout_ms} -c lock_timeout={timeout_ms}"
-                    " -c enable_bitmapscan=off -c max_parallel_workers_per_gather=0",
+                    " -c enable_bitmapscan=off -c max_parallel_workers_per_gather=0"
+                    + (f" {self.pg_options}" if self.pg_options else ""),
                     "application_name": "leaderboard",
                     # A server that vanished without closing the connection (a
                     # partition, a dead host) is given up on too, not waited for.

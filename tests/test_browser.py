@@ -350,6 +350,39 @@ def test_with_recent_the_page_lists_the_latest_changes_newest_first_as_text(
     assert tab.console_errors == []
 
 
+def test_a_board_with_resets_shows_its_period_counts_down_and_empties_at_the_reset(
+    tab: Tab, board: GunicornServer, increment: GunicornServer, board_name: str, engine: Any
+) -> None:
+    """A board that resets every 5 seconds: the page names the period, counts down to its end,
+    and shows the new, empty period when it comes, without reloading."""
+    heat = f"{board_name}-heat"
+    admin = auth("ops", role="admin")
+    settings = {"topN": 5, "reset": "* * * * * */5"}
+    created = requests.put(f"{increment.url}/admin/boards/{heat}", json=settings, headers=admin, timeout=10)
+    assert created.status_code == 201, created.text
+    post = f"{increment.url}/boards/{heat}/score"
+    answer = requests.post(post, json={"score": 42}, headers=auth("u1"), timeout=10)
+    assert answer.status_code == 200, answer.text
+    first_period = answer.json()["period"]
+    tab.page.goto(f"{board.url}/boards/{heat}/")
+    expect_state(tab.page.main_frame, "live")
+    frame = tab.page.main_frame
+    period = tab.page.locator("#period-id")
+    left = tab.page.locator("#period-left")
+    if period.text_content() == first_period:  # still the period the score went into
+        expect(tab.page.locator("tbody tr")).to_have_count(1)
+        assert shown_rows(frame) == [["1", "u1", "42"]]
+    expect(tab.page.locator("#period")).to_be_visible()
+    expect(left).to_have_text(re.compile(r"^00:00:0[0-5]$"))
+    shown = period.text_content()
+    tab.page.evaluate("window.sameDocument = true")
+    expect(period).not_to_have_text(shown or "", timeout=7_000)  # the reset, live
+    expect(tab.page.locator("tbody tr")).to_have_count(0)
+    expect(tab.page.locator("#note")).to_have_text("No scores yet in this period.")
+    assert tab.page.evaluate("window.sameDocument") is True  # never reloaded
+    assert tab.console_errors == []
+
+
 # -- parameters --------------------------------------------------------------
 
 

@@ -453,6 +453,8 @@ def test_bad_input_on_the_new_routes_gets_the_envelope_and_changes_nothing(
     increment: GunicornServer, board: GunicornServer, new_board: Any
 ) -> None:
     board_id = new_board(topN=3, scoreMin=10, scoreMax=20)
+    daily = new_board(reset="daily", timezone="Europe/Berlin")
+    ranked = f"{board.url}/boards/{daily}/leaderboard"
     cases = [
         ("POST", f"{increment.url}/boards/{board_id}/score", {"score": 9}, auth("p"), 422, "invalid_score"),
         ("POST", f"{increment.url}/boards/{board_id}/score", {"score": 21}, auth("p"), 422, "invalid_score"),
@@ -462,7 +464,19 @@ def test_bad_input_on_the_new_routes_gets_the_envelope_and_changes_nothing(
         ("PUT", f"{increment.url}/admin/boards/{board_id}", {"topN": 0}, ADMIN, 422, "invalid_board"),
         ("PUT", f"{increment.url}/admin/boards/{board_id}", {"topN": "5"}, ADMIN, 422, "invalid_board"),
         ("PUT", f"{increment.url}/admin/boards/{board_id}", {"scoreMin": 30}, ADMIN, 422, "invalid_board"),
-        ("PUT", f"{increment.url}/admin/boards/{board_id}", {"reset": "daily"}, ADMIN, 422, "invalid_board"),
+        ("PUT", f"{increment.url}/admin/boards/{board_id}", {"reset": "hourly"}, ADMIN, 422, "invalid_board"),
+        ("PUT", f"{increment.url}/admin/boards/{board_id}", {"reset": "61 * * * *"}, ADMIN, 422, "invalid_board"),
+        ("PUT", f"{increment.url}/admin/boards/{board_id}", {"reset": 7}, ADMIN, 422, "invalid_board"),
+        ("GET", f"{board.url}/boards/{board_id}/leaderboard?period=2026-12-01", None, {}, 400, "invalid_query"),
+        ("GET", f"{ranked}?period=2026-W49", None, {}, 400, "invalid_query"),
+        ("GET", f"{ranked}?period=2026-02-30", None, {}, 400, "invalid_query"),
+        ("GET", f"{ranked}?period=2999-01-01", None, {}, 404, "period_not_found"),
+        ("GET", f"{ranked}?period=2999-01-01&offset=0", None, {}, 404, "period_not_found"),
+        ("GET", f"{board.url}/boards/{daily}/users/x?period=yesterday", None, {}, 400, "invalid_query"),
+        ("GET", f"{board.url}/boards/{daily}/periods?limit=0", None, {}, 400, "invalid_query"),
+        ("GET", f"{board.url}/boards/{daily}/periods?before=2026-13-01", None, {}, 400, "invalid_query"),
+        ("GET", f"{board.url}/boards/nope/periods", None, {}, 404, "board_not_found"),
+        ("DELETE", f"{increment.url}/admin/boards/{daily}/users/x?period=x", None, ADMIN, 400, "invalid_query"),
         ("PUT", f"{increment.url}/admin/boards/{board_id}", {"timezone": "Mars/Olympus"}, ADMIN, 422, "invalid_board"),
         ("PUT", f"{increment.url}/admin/boards/{board_id}", {"color": "red"}, ADMIN, 422, "invalid_body"),
         ("PUT", f"{increment.url}/admin/boards/{board_id}", [1], ADMIN, 422, "invalid_body"),

@@ -54,7 +54,8 @@ def write(engine: Engine, board: str, user: str, total: int, reached: datetime, 
             text(
                 "INSERT INTO scores (board, user_id, total, reached_at, version, ascending)"
                 " VALUES (:b, :u, :t, :r, 1, :asc) "
-                "ON CONFLICT (board, user_id) DO UPDATE SET total = excluded.total, reached_at = excluded.reached_at"
+                "ON CONFLICT (board, period, user_id)"
+                " DO UPDATE SET total = excluded.total, reached_at = excluded.reached_at"
             ),
             {"b": board, "u": user, "t": total, "r": reached, "asc": ascending},
         )
@@ -187,7 +188,7 @@ def test_the_keeper_compacts_a_large_backlog(engine: Engine, redis_conn: redis.R
             {"b": board, "r": T0, "n": COMPACT_AT_BACKLOG + 10},
         )
     keeper = BoardKeeper(engine, BoardCache(redis_conn), registry)
-    assert keeper.compact_rank_indexes_if_due()[board] is not None
+    assert keeper.compact_rank_indexes_if_due()[board, ""] is not None
     with engine.connect() as conn:
         assert rank_backlog(conn, board) == 0
         buckets = conn.execute(text("SELECT count(*) FROM rank_buckets WHERE board = :b"), {"b": board}).scalar_one()

@@ -67,8 +67,9 @@ def remove_board(board_id: str) -> Response:
 
 @bp.delete("/boards/<board_id>/users/<path:user_id>")
 def remove_user_from_board(board_id: str, user_id: str) -> Response:
-    """Remove one user's entry from one board (a cheater): the next user moves up at once."""
-    board = _registry().named(board_id)
+    """Remove one user's entry from one board (a cheater): the next user moves up at once.
+    On a board with resets, from the current period, or the one `?period=` names."""
+    board = _registry().named(board_id).as_of(request.args.get("period"))
     if not is_valid_user_id(user_id) or not remove_entry(db.engine, _cache(), board, user_id):
         raise UserNotFound(f"User {user_id!r} has no score on board {board.id!r}.")
     return jsonify({"status": "removed", "board": board.id, "userId": user_id})

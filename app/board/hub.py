@@ -117,6 +117,10 @@ class Frame:
         top = [[str(user), str(score)] for user, score in message["top"]]
         names = {str(user): str(name) for user, name in (message.get("names") or {}).items()}
         named = ',"names":' + json.dumps(names, separators=(",", ":")) if names else ""
+        # A board with resets: the period shown, and when it ends (app.leaderboard.seasons).
+        if "period" in message:
+            period = {"period": str(message["period"]), "periodEnds": str(message["periodEnds"])}
+            named += "," + json.dumps(period, separators=(",", ":"))[1:-1]
         data = (
             '{"type":"update","top":'
             + json.dumps(top, separators=(",", ":"))

@@ -25,6 +25,8 @@ from app.errors import InvalidQuery, ServiceUnavailable, UserNotFound
 from app.extensions import db
 from app.leaderboard import Board, BoardNotFound, BoardRegistry, ranks
 from app.leaderboard.ranks import PAGE_LIMIT_MAX, Entry, Ranking
+from app.leaderboard.rebuild import top_standings
+from app.leaderboard.seasons import periods_before
 
 # The page's script and stylesheet are files served by us: no build step, no
 # CDN, and a Content-Security-Policy that allows no inline code.
@@ -103,9 +105,9 @@ def _page_title(board: Board) -> str:
 
 @bp.get("/boards")
 def boards() -> Response:
-    """Every board's settings."""
+    """Every board's settings and current period (null without resets)."""
     registry: BoardRegistry = current_app.extensions["boards"]
-    return jsonify({"boards": [{**board.as_json(), "period": None} for board in registry.all()]})
+    return jsonify({"boards": [{"period": None, "periodEnds": None, **board.as_json()} for board in registry.all()]})
 
 
 @bp.get("/events")
@@ -187,20 +189,42 @@ def changes(board_id: str | None = None) -> Response:
 @bp.get("/leaderboard")
 @bp.get("/boards/<board_id>/leaderboard")
 def leaderboard(board_id: str | None = None) -> Response:
-    """The current board (version and top N), or with `offset`, `around` or `users` a ranking from SQL."""
+    """The current board (version and top N), or with `offset`, `around` or `users` a ranking from SQL;
+    `period` asks for a past period of a board with resets (from SQL)."""
     board = find_board(board_id)
+    shown = _asked_period(board)
     asked = [name for name in ("offset", "around", "users") if name in request.args]
     if len(asked) > 1:
         raise InvalidQuery("Ask for one of offset, around or users at a time.")
     if asked:
-        return _ranking(board, asked[0])
+        return _ranking(shown, asked[0])
     if "limit" in request.args:
         raise InvalidQuery("limit goes with offset, around or users.")
+    if shown is not board:
+        return _ended_top(shown)
     frame = _current_frame(board)
     etag = f'"{frame.version}"'
     if request.headers.get("If-None-Match") == etag:
         return Response(status=304, headers={"ETag": etag})
     return Response(frame.snapshot, mimetype="application/json", headers={"ETag": etag, "Cache-Control": "no-cache"})
+
+
+def _asked_period(board: Board) -> Board:
+    """The board as of the period `?period=` names: the current one when none is named."""
+    return board.as_of(request.args.get("period"))
+
+
+def _ended_top(board: Board) -> Response:
+    """A period that ended: its top N as it ended, from SQL, in the snapshot's shape (no version)."""
+    standings = top_standings(db.session(), board)
+    body: dict[str, object] = {
+        **board.period_json(),
+        "top": [{"rank": i, "userId": s.user_id, "score": s.total} for i, s in enumerate(standings, 1)],
+    }
+    names = {s.user_id: s.name for s in standings if s.name}
+    if names:
+        body["names"] = names
+    return jsonify(body)
 
 
 def _int_arg(name: str, default: int, low: int, high: int) -> int:
@@ -215,24 +239,24 @@ def _int_arg(name: str, default: int, low: int, high: int) -> int:
 def _ranking(board: Board, asked: str) -> Response:
     limit = _int_arg("limit", DEFAULT_LIMIT, 1, PAGE_LIMIT_MAX)
     if asked == "offset":
-        return _ranking_json(ranks.page(db.engine, board, _int_arg("offset", 0, 0, MAX_OFFSET), limit))
+        return _ranking_json(board, ranks.page(db.engine, board, _int_arg("offset", 0, 0, MAX_OFFSET), limit))
     if asked == "around":
         user_id = request.args["around"]
         found = ranks.around(db.engine, board, user_id, limit) if is_valid_user_id(user_id) else None
         if found is None:
             raise UserNotFound(f"No score for user {user_id!r} on board {board.id!r}.")
-        return _ranking_json(found)
+        return _ranking_json(board, found)
     users = list(dict.fromkeys(user for user in request.args["users"].split(",") if user))
     if not 1 <= len(users) <= PAGE_LIMIT_MAX:
         raise InvalidQuery(f"users must list 1 to {PAGE_LIMIT_MAX} user ids, separated by commas.")
     if "limit" in request.args:
         raise InvalidQuery("limit does not go with users.")
     entries = ranks.ranks_of(db.engine, board, [user for user in users if is_valid_user_id(user)])
-    return _ranking_json(Ranking(count=-1, entries=entries))
+    return _ranking_json(board, Ranking(count=-1, entries=entries))
 
 
-def _ranking_json(ranking: Ranking) -> Response:
-    body: dict[str, object] = {"entries": [_entry_json(entry) for entry in ranking.entries]}
+def _ranking_json(board: Board, ranking: Ranking) -> Response:
+    body: dict[str, object] = {**board.period_json(), "entries": [_entry_json(entry) for entry in ranking.entries]}
     if ranking.count >= 0:
         body = {"count": ranking.count, **body}
     names = {entry.user_id: entry.name for entry in ranking.entries if entry.name}
@@ -248,13 +272,53 @@ def _entry_json(entry: Entry) -> dict[str, object]:
 @bp.get("/leaderboard/users/<path:user_id>")
 @bp.get("/boards/<board_id>/users/<path:user_id>")
 def user_rank(user_id: str, board_id: str | None = None) -> Response:
-    """A user's value and exact rank among everyone on the board (from SQL)."""
-    board = find_board(board_id)
-    found = ranks.user_rank(db.engine, board.id, user_id) if is_valid_user_id(user_id) else None
+    """A user's value and exact rank among everyone on the board (from SQL), in its current period
+    or the one `?period=` names."""
+    board = _asked_period(find_board(board_id))
+    valid = is_valid_user_id(user_id)
+    found = ranks.user_rank(db.engine, board.id, user_id, period=board.period_id) if valid else None
     if found is None:
         raise UserNotFound(f"No scores for user {user_id!r}.")
     total, rank = found
-    return jsonify({"userId": user_id, "score": total, "rank": rank})
+    return jsonify({"userId": user_id, "score": total, "rank": rank, **board.period_json()})
+
+
+PERIODS_DEFAULT_LIMIT = 10
+PERIODS_TOP = 3
+
+
+@bp.get("/boards/<board_id>/periods")
+def periods(board_id: str) -> Response:
+    """The board's periods, newest first: the current one, then those that ended with scores,
+    each with its top 3. `limit` (1 to 100), `before=<period id>` for the ones before it."""
+    board = find_board(board_id)
+    limit = _int_arg("limit", PERIODS_DEFAULT_LIMIT, 1, PAGE_LIMIT_MAX)
+    if board.period is None:
+        return jsonify({"periods": []})
+    listed = []
+    before = request.args.get("before")
+    if before is None:
+        listed.append(board)
+        before = board.period.id
+    else:
+        board.as_of(before)  # a period of the board's, begun
+    for period in periods_before(db.engine, board.id, board.reset, board.timezone, before, limit - len(listed)):
+        listed.append(board.at(period))
+    return jsonify({"periods": [_period_json(one, current=one is board) for one in listed]})
+
+
+def _period_json(board: Board, *, current: bool) -> dict[str, object]:
+    assert board.period is not None
+    standings = top_standings(db.session(), board, limit=PERIODS_TOP)
+    body: dict[str, object] = {
+        **board.period.as_json(board.timezone),
+        "current": current,
+        "top": [{"rank": i, "userId": s.user_id, "score": s.total} for i, s in enumerate(standings, 1)],
+    }
+    names = {s.user_id: s.name for s in standings if s.name}
+    if names:
+        body["names"] = names
+    return body
 
 
 @bp.get("/stats")

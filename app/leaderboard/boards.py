@@ -29,6 +29,16 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from app.leaderboard.errors import BoardImmutable, BoardNotFound, BoardProtected, InvalidBoard
 from app.leaderboard.rules import MAX_SAFE_TOTAL, OPERATORS, ORDERS, default_bounds, least_score
+from app.leaderboard.seasons import (
+    DatabaseClock,
+    InvalidReset,
+    Period,
+    PeriodNotBegun,
+    UnknownPeriod,
+    check_reset,
+    period_at,
+    period_named,
+)
 from app.models import (
     BOARD_ID_MAX_LENGTH,
     BOARD_TITLE_MAX_LENGTH,
@@ -41,7 +51,6 @@ from app.models import (
 
 BOARD_ID = re.compile(rf"^[A-Za-z0-9_.-]{{1,{BOARD_ID_MAX_LENGTH}}}$")
 TOP_N_MAX = 1000
-RESETS = ("none",)  # daily, weekly, monthly and cron resets come with seasons
 # Rules a board keeps once it has scores.
 FIXED_ONCE_SCORED = ("order", "operator", "reset", "timezone")
 
@@ -132,6 +141,10 @@ class Board:
     # The board's identity in this database; "" when not known (SQL unreachable).
     uid: str = ""
     is_default: bool = False
+    # The period this copy of the board stands for (a board with resets; see
+    # app.leaderboard.seasons): the current one, as the registry hands it out,
+    # or a past one a query asked for. None without resets.
+    period: Period | None = field(default=None, compare=False)
     keys: BoardKeys = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -142,7 +155,49 @@ class Board:
         """Lower is better."""
         return self.order == "asc"
 
+    @property
+    def period_id(self) -> str:
+        """The period SQL rows of this copy count in: "" on a board without resets."""
+        return "" if self.period is None else self.period.id
+
+    @property
+    def origin(self) -> str:
+        """What the cached board is built from: this board's SQL (its uid), in this period.
+
+        A cache built from an earlier period of the same board is rebuilt (the
+        reset); one from a later period is never taken back (APPLY_SCRIPT).
+        """
+        if self.period is None or not self.uid:
+            return self.uid
+        return f"{self.uid}@{self.period.start_us}"
+
+    def at(self, period: Period | None) -> Board:
+        """This board as of `period`."""
+        return replace(self, period=period)
+
+    def as_of(self, period_id: str | None) -> Board:
+        """This board (as of its current period) as of the period named `period_id` (None: as is).
+
+        Raises UnknownPeriod for an id that names none of the board's periods
+        (any id, on a board without resets), PeriodNotBegun for a later one.
+        """
+        if period_id is None or period_id == self.period_id:
+            return self
+        if self.period is None:
+            raise UnknownPeriod(period_id)
+        period = period_named(self.reset, self.timezone, period_id)
+        if period.start > self.period.start:
+            raise PeriodNotBegun(period_id)
+        return self.at(period)
+
+    def period_json(self) -> dict[str, str]:
+        """What frames and snapshots of a board with resets add: the period and when it ends."""
+        if self.period is None:
+            return {}
+        return {"period": self.period.id, "periodEnds": self.period.ends_iso(self.timezone)}
+
     def as_json(self) -> dict[str, Any]:
+        """The board's settings (and, with resets, its current period and when it ends)."""
         return {
             "id": self.id,
             "title": self.title,
@@ -153,7 +208,7 @@ class Board:
             "scoreMax": self.score_max,
             "reset": self.reset,
             "timezone": self.timezone,
-        }
+        } | self.period_json()
 
 
 @dataclass(frozen=True)
@@ -209,8 +264,10 @@ def with_changes(current: Board | None, board_id: str, changes: Mapping[str, Any
     if not 1 <= len(title) <= BOARD_TITLE_MAX_LENGTH or not all(_is_text(ch) for ch in title):
         raise InvalidBoard(f"title must be 1 to {BOARD_TITLE_MAX_LENGTH} printable characters.")
     reset = changes.get("reset", base.reset)
-    if reset not in RESETS:
-        raise InvalidBoard("reset must be 'none': daily, weekly, monthly and cron resets are not available yet.")
+    try:
+        check_reset(reset)
+    except InvalidReset as error:
+        raise InvalidBoard(str(error)) from None
     timezone = changes.get("timezone", base.timezone)
     if not _is_timezone(timezone):
         raise InvalidBoard(f"timezone {timezone!r} is not an IANA time zone name (like UTC or Europe/Berlin).")
@@ -291,12 +348,27 @@ class BoardRegistry:
     # soon everywhere, but enough that unknown ids cost SQL little.
     MISSING_TTL = 1.0
 
-    def __init__(self, engine: Engine, defaults: BoardDefaults) -> None:
+    def __init__(self, engine: Engine, defaults: BoardDefaults, clock: DatabaseClock | None = None) -> None:
         self.engine = engine
         self.defaults = defaults
+        self.clock = clock or DatabaseClock(engine)
         self._known: dict[str, tuple[Board | None, float]] = {}
+        self._periods: dict[tuple[str, str, str], Period] = {}
         self._default_ensured = False
         self._lock = threading.Lock()
+
+    def current(self, board: Board) -> Board:
+        """`board` in its period current now by the database's clock (as is, without resets)."""
+        if board.reset == "none":
+            return board
+        rules = (board.id, board.reset, board.timezone)
+        now = self.clock.now()
+        period = self._periods.get(rules)
+        if period is None or not period.start <= now < period.end:
+            period = period_at(board.reset, board.timezone, now)
+            assert period is not None
+            self._periods[rules] = period
+        return board.at(period)
 
     @property
     def default_id(self) -> str:
@@ -313,7 +385,7 @@ class BoardRegistry:
             board = self._read(board_id)
         if board is None:
             raise BoardNotFound(board_id)
-        return board
+        return self.current(board)
 
     def named(self, board_id: str | None) -> Board:
         """The board a route names (None: the default board); BoardNotFound for any other id."""
@@ -344,7 +416,7 @@ class BoardRegistry:
         expires = time.monotonic() + self.TTL
         for board in boards:
             self._known[board.id] = (board, expires)
-        return boards
+        return [self.current(board) for board in boards]
 
     def _remember(self, board_id: str, board: Board | None) -> Board | None:
         ttl = self.TTL if board is not None else self.MISSING_TTL
@@ -425,7 +497,7 @@ class BoardRegistry:
                     update(BoardRow).where(BoardRow.id == board_id).values(**_row_values(board), updated_at=now)
                 )
         self._remember(board_id, board)
-        return board, current is None
+        return self.current(board), current is None
 
     def _check_changes_allowed(self, connection: Any, current: Board, board: Board) -> None:
         if current.is_default:

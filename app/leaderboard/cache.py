@@ -46,7 +46,8 @@ HOLD_MS = 2000
 # KEYS[5] names    hash userId -> display name, for the users on the board
 # KEYS[6] gone     hash userId -> the least row version still welcome, for users who left
 #                  lately (expires GONE_TTL_SECONDS after the last change)
-# KEYS[7] origin   the uid of the SQL board this cache was built from
+# KEYS[7] origin   what this cache was built from: the SQL board's uid, and on a board with
+#                  resets "@" and the start of its period in µs (app.leaderboard.boards.Board.origin)
 # KEYS[8] changes  the change log, a stream: one entry per submission written ("write" mode)
 # KEYS[9] logged   hash userId -> row version of the user's change logged last
 # KEYS[10] held    hash "<userId>:<row version awaited>" -> a change waiting for the one before it
@@ -65,7 +66,8 @@ HOLD_MS = 2000
 #                  empty the set first, then as merge; "rebuild": a replace, unless the
 #                  board is there (built from this origin) by now
 # ARGV[4] direction  1: lower is better; -1: higher is better
-# ARGV[5] origin   the board's uid ("" when not known: not checked)
+# ARGV[5] origin   the board's origin ("" when not known: not checked). A call for an
+#                  earlier period of the board than the cache holds changes nothing: "ended"
 # ARGV[6] board    the board id the message names ("" for the default board: the seed's message)
 # ARGV[7] user     merge and replace: userId the message names as updatedUser ("" for none)
 # ARGV[8] value    merge and replace: that user's new value, the message's newScore ("" for none)
@@ -73,8 +75,9 @@ HOLD_MS = 2000
 # ARGV[10] retain  entries the change log keeps (about: MAXLEN ~); 0: no log
 # ARGV[11] log board  the board id the change log's entries name
 # ARGV[12] log channel  where the id of the log's newest entry is published after a write
-# ARGV[13] G       removals that follow: G pairs of userId, least version still welcome
-# ARGV[14 + 2G..]  standings, seven each: userId, value, member, row version, name ("" for none),
+# ARGV[13] period  what messages add on a board with resets: ',"period":"<id>","periodEnds":"<time>"' ("" for none)
+# ARGV[14] G       removals that follow: G pairs of userId, least version still welcome
+# ARGV[15 + 2G..]  standings, eight each: userId, value, member, row version, name ("" for none),
 #                  and for the log: the value before ("" for none), SQL's rank ("" past N)
 #                  and the row version the change replaced ("" for none)
 #
@@ -90,7 +93,7 @@ HOLD_MS = 2000
 # replaced) is not logged yet, because another process's call for it is still
 # on its way, waits in `held` until that one comes, or HOLD_MS at most.
 #
-# Returns {status, last version or false}; status is written, unchanged, short or uninitialized.
+# Returns {status, last version or false}; status is written, unchanged, short, uninitialized or ended.
 APPLY_SCRIPT = (
     """
 local top, members, version_key, latest_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
@@ -101,7 +104,8 @@ local changes = KEYS[8]
 local logged_key, held, held_since, updates = KEYS[9], KEYS[10], KEYS[11], KEYS[12]
 local remember_gone = ARGV[9] == '1'
 local retain, log_board, log_channel = tonumber(ARGV[10]), ARGV[11], ARGV[12]
-local first = 14 + 2 * tonumber(ARGV[13])
+local period_json = ARGV[13]
+local first = 15 + 2 * tonumber(ARGV[14])
 local STRIDE = 8
 local HOLD_MS = """
     + str(HOLD_MS)
@@ -109,6 +113,30 @@ local HOLD_MS = """
 local GONE_TTL = """
     + str(GONE_TTL_SECONDS)
     + """
+
+-- An origin's board uid, and its period's start (nil without resets).
+local function origin_parts(of)
+  local uid, start = string.match(of, '^([^@]*)@(%d+)$')
+  if uid then
+    return uid, tonumber(start)
+  end
+  return of, nil
+end
+
+-- Whether the cache holds a later period of this same board than the caller's: then the
+-- caller's period has ended here, and nothing of it comes back.
+local function later_period_held()
+  if origin == '' then
+    return false
+  end
+  local built_from = redis.call('GET', origin_key)
+  if not built_from or built_from == origin then
+    return false
+  end
+  local built_uid, built_start = origin_parts(built_from)
+  local uid, start = origin_parts(origin)
+  return built_uid == uid and built_start ~= nil and start ~= nil and built_start > start
+end
 
 local function user_of(member)
   return string.sub(member, string.find(member, ':', 1, true) + 1)
@@ -325,12 +353,16 @@ local function publish(updated, updated_value)
   if #named > 0 then
     message = message .. ',"names":{' .. table.concat(named, ',') .. '}'
   end
-  message = message .. ',"version":' .. version_text
+  message = message .. period_json .. ',"version":' .. version_text
     .. ',"ts":' .. ts_of(now) .. '}'
   redis.call('SET', latest_key, message)
   redis.call('PUBLISH', channel, message)
   redis.call('XADD', updates, 'MAXLEN', 1, '*', 'data', message)
   return version_text
+end
+
+if later_period_held() then
+  return {'ended', redis.call('GET', version_key) or false}
 end
 
 if mode == 'write' then
@@ -377,16 +409,18 @@ if mode == 'rebuild' then
 end
 
 local changed = mode == 'fill'
-for i = 14, first - 1, 2 do
+for i = 15, first - 1, 2 do
   note_gone(ARGV[i], ARGV[i + 1])
   changed = take_off(ARGV[i]) or changed
 end
 if mode == 'replace' then
   redis.call('DEL', top, members, names)
   if origin ~= '' then
-    if redis.call('GET', origin_key) ~= origin then
+    local built_from = redis.call('GET', origin_key)
+    if not built_from or origin_parts(built_from) ~= origin_parts(origin) then
       -- Built from another SQL board before (another database, or the board deleted
-      -- and made again): its change log is not this board's.
+      -- and made again): its change log is not this board's. (A new period of the
+      -- same board keeps its log.)
       redis.call('DEL', changes, logged_key, held, held_since)
     end
     redis.call('SET', origin_key, origin)
@@ -413,6 +447,12 @@ end
 return {'written', publish(ARGV[7], ARGV[8])}
 """
 )
+
+
+def _period_json(board: Board) -> str:
+    """The fields a board's messages add for its period (none without resets), as JSON text."""
+    fields = board.period_json()
+    return "".join(f",{json.dumps(name)}:{json.dumps(value)}" for name, value in fields.items())
 
 
 @dataclass(frozen=True)
@@ -454,7 +494,7 @@ class BoardCache:
             board.channel,
             mode,
             redis_direction(board.ascending),
-            board.uid,
+            board.origin,
             "" if board.is_default else board.id,
             updated.user_id if updated else "",
             updated.total if updated else "",
@@ -462,6 +502,7 @@ class BoardCache:
             self.changes_retain,
             board.id,
             board.keys.changed,
+            _period_json(board),
             len(removals),
         ]
         for removal in removals:
@@ -526,9 +567,9 @@ class BoardCache:
         return [ApplyResult(status=status, version=int(version) if version else None) for status, version in results]
 
     def is_built(self, board: Board) -> bool:
-        """Whether Redis holds this board, built from this board's SQL (else rebuild it)."""
+        """Whether Redis holds this board, built from this board's SQL in its period (else rebuild it)."""
         version, origin = self.redis.mget(board.keys.version, board.keys.origin)
-        return version is not None and (not board.uid or origin == board.uid)
+        return version is not None and (not board.uid or origin == board.origin)
 
     def built(self, boards: Sequence[Board]) -> dict[str, bool]:
         """`is_built` for many boards, in one round trip."""
@@ -537,7 +578,7 @@ class BoardCache:
             pipe.mget(board.keys.version, board.keys.origin)
         replies = pipe.execute()
         return {
-            board.id: version is not None and (not board.uid or origin == board.uid)
+            board.id: version is not None and (not board.uid or origin == board.origin)
             for board, (version, origin) in zip(boards, replies, strict=True)
         }
 

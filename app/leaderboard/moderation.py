@@ -37,10 +37,13 @@ def delete_board(registry: BoardRegistry, cache: BoardCache, board_id: str) -> B
 
 
 def remove_entry(engine: Engine, cache: BoardCache, board: Board, user_id: str) -> bool:
-    """Take one user off one board (their score and that board's idempotency records); False if absent."""
+    """Take one user off one board in the board's period (their score, and that board's
+    idempotency records); False if absent."""
     with engine.begin() as connection:
         version = connection.execute(
-            delete(Score).where(Score.board == board.id, Score.user_id == user_id).returning(Score.version)
+            delete(Score)
+            .where(Score.board == board.id, Score.period == board.period_id, Score.user_id == user_id)
+            .returning(Score.version)
         ).scalar_one_or_none()
         connection.execute(
             delete(IdempotencyKey).where(IdempotencyKey.board == board.id, IdempotencyKey.user_id == user_id)
@@ -72,8 +75,8 @@ class Erased:
 
 
 def erase_user(engine: Engine, cache: BoardCache, registry: BoardRegistry, user_id: str) -> Erased:
-    """Erase the user from every board, with their display name and idempotency records, in one
-    transaction; then from those boards' live boards and change logs."""
+    """Erase the user from every board and period, with their display name and idempotency
+    records, in one transaction; then from those boards' live boards and change logs."""
     with engine.begin() as connection:
         removed = connection.execute(
             delete(Score).where(Score.user_id == user_id).returning(Score.board, Score.version)
@@ -82,14 +85,17 @@ def erase_user(engine: Engine, cache: BoardCache, registry: BoardRegistry, user_
         name = connection.execute(delete(UserName).where(UserName.user_id == user_id)).rowcount
     forget_names(engine, user_id)
     forgotten = 0
-    for board_id, version in sorted(removed):
+    newest: dict[str, int] = {}
+    for board_id, version in removed:  # a board's periods: the newest version is the live one's
+        newest[board_id] = max(newest.get(board_id, 0), int(version))
+    for board_id, version in sorted(newest.items()):
         board = registry.find(board_id)
         if board is not None:
-            _follow_in_redis(engine, cache, board, [Removal(user_id, int(version) + 1)])
+            _follow_in_redis(engine, cache, board, [Removal(user_id, version + 1)])
             forgotten += _forget_changes(cache, board, user_id)
     return Erased(
         user_id=user_id,
-        boards=sorted(b for b, _ in removed),
+        boards=sorted(newest),
         idempotency_keys=keys,
         name=bool(name),
         changes=forgotten,

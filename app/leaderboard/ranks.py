@@ -62,7 +62,7 @@ COMPACT_AT_AGE_SECONDS = 60.0
 _BUCKET = """
     bucket AS (
         SELECT start_key, users_before FROM rank_buckets
-        WHERE board = :board AND start_key <= {key}
+        WHERE board = :board AND period = :period AND start_key <= {key}
         ORDER BY start_key DESC LIMIT 1
     )
 """
@@ -73,9 +73,11 @@ _BUCKET = """
 _RANK = """
     coalesce((SELECT users_before FROM bucket), 0)
     + coalesce((SELECT sum(delta) FROM rank_deltas
-                WHERE board = :board AND rank_key < coalesce((SELECT start_key FROM bucket), '')), 0)
+                WHERE board = :board AND period = :period
+                  AND rank_key < coalesce((SELECT start_key FROM bucket), '')), 0)
     + (SELECT count(*) FROM scores
-       WHERE board = :board AND rank_key >= coalesce((SELECT start_key FROM bucket), '') AND rank_key < {key})
+       WHERE board = :board AND period = :period
+         AND rank_key >= coalesce((SELECT start_key FROM bucket), '') AND rank_key < {key})
     + 1
 """
 
@@ -83,7 +85,7 @@ RANK_OF_KEY = "WITH" + _BUCKET.format(key=":key") + "SELECT" + _RANK.format(key=
 
 # A user's total and rank, one statement: their key is read in the same snapshot.
 USER_RANK = (
-    "WITH me AS (SELECT total, rank_key FROM scores WHERE board = :board AND user_id = :user_id),"
+    "WITH me AS (SELECT total, rank_key FROM scores WHERE board = :board AND period = :period AND user_id = :user_id),"
     + _BUCKET.format(key="(SELECT rank_key FROM me)")
     + "SELECT me.total,"
     + _RANK.format(key="me.rank_key")
@@ -91,22 +93,25 @@ USER_RANK = (
 )
 
 
-def exact_rank(engine: Engine, board: str, rank_key: str) -> int:
-    """The 1-based rank of `rank_key` among all rows of `board`."""
-    row = fetch_one(engine, RANK_OF_KEY, {"board": board, "key": rank_key})
+def exact_rank(engine: Engine, board: str, rank_key: str, period: str = "") -> int:
+    """The 1-based rank of `rank_key` among all rows of `board` in `period`."""
+    row = fetch_one(engine, RANK_OF_KEY, {"board": board, "period": period, "key": rank_key})
     assert row is not None
     return int(row[0])
 
 
-def user_rank(engine: Engine, board: str, user_id: str) -> tuple[int, int] | None:
-    """The user's total and exact rank among everyone on `board`, or None if they never scored."""
-    row = fetch_one(engine, USER_RANK, {"board": board, "user_id": user_id}, prepared="user_rank")
+def user_rank(engine: Engine, board: str, user_id: str, period: str = "") -> tuple[int, int] | None:
+    """The user's total and exact rank among everyone on `board` in `period`, or None if they never scored."""
+    params = {"board": board, "period": period, "user_id": user_id}
+    row = fetch_one(engine, USER_RANK, params, prepared="user_rank")
     return None if row is None else (int(row[0]), int(row[1]))
 
 
-def rank_backlog(connection: Connection | Session, board: str, limit: int = COMPACT_AT_BACKLOG) -> int:
+def rank_backlog(
+    connection: Connection | Session, board: str, limit: int = COMPACT_AT_BACKLOG, period: str = ""
+) -> int:
     """Deltas waiting to be compacted, counted up to `limit`."""
-    waiting = select(RankDelta.id).where(RankDelta.board == board).limit(limit).subquery()
+    waiting = select(RankDelta.id).where(RankDelta.board == board, RankDelta.period == period).limit(limit).subquery()
     return int(connection.execute(select(func.count()).select_from(waiting)).scalar_one())
 
 
@@ -119,8 +124,10 @@ class Compaction:
     recut: bool  # the buckets were recut from the rows (else only shifted)
 
 
-def compact_rank_index(engine: Engine, board: str, bucket_size: int = BUCKET_SIZE) -> Compaction | None:
-    """Fold `board`'s pending deltas into its buckets; recut the buckets when they got uneven.
+def compact_rank_index(
+    engine: Engine, board: str, bucket_size: int = BUCKET_SIZE, period: str = ""
+) -> Compaction | None:
+    """Fold the pending deltas of `board`'s `period` into its buckets; recut the buckets when they got uneven.
 
     Runs in one snapshot, so the buckets and the deltas left over stay exact
     for every concurrent reader and writer. Returns None when another process
@@ -133,24 +140,30 @@ def compact_rank_index(engine: Engine, board: str, bucket_size: int = BUCKET_SIZ
             # The snapshot is fixed at this first statement: every statement
             # below sees the same rows and the same deltas.
             locked = connection.execute(
-                text("SELECT pg_try_advisory_xact_lock(hashtext(:name))"), {"name": f"rank-index:{board}"}
+                text("SELECT pg_try_advisory_xact_lock(hashtext(:name))"), {"name": f"rank-index:{board}:{period}"}
             ).scalar_one()
             if not locked:
                 return None
         else:
             # SQLite: take the write lock first, so no writer commits while we read.
             connection.execute(text("UPDATE rank_buckets SET users_before = users_before WHERE 1 = 0"))
-        deltas = connection.execute(select(RankDelta.rank_key, RankDelta.delta).where(RankDelta.board == board)).all()
-        buckets = _fold(connection, board, deltas)
-        connection.execute(delete(RankDelta).where(RankDelta.board == board))
-        recut = _uneven(connection, board, buckets, bucket_size)
+        part = _Part(board, period)
+        deltas = connection.execute(
+            select(RankDelta.rank_key, RankDelta.delta).where(RankDelta.board == board, RankDelta.period == period)
+        ).all()
+        buckets = _fold(connection, part, deltas)
+        connection.execute(delete(RankDelta).where(RankDelta.board == board, RankDelta.period == period))
+        recut = _uneven(connection, part, buckets, bucket_size)
         if recut:
-            buckets = _boundaries(connection, board, bucket_size)
-            connection.execute(delete(RankBucket).where(RankBucket.board == board))
+            buckets = _boundaries(connection, part, bucket_size)
+            connection.execute(delete(RankBucket).where(RankBucket.board == board, RankBucket.period == period))
             if buckets:
                 connection.execute(
                     insert(RankBucket),
-                    [{"board": board, "start_key": key, "users_before": before} for key, before in buckets],
+                    [
+                        {"board": board, "period": period, "start_key": key, "users_before": before}
+                        for key, before in buckets
+                    ],
                 )
     folded = len(deltas)
     if postgres and folded >= VACUUM_AFTER_FOLDING:
@@ -158,7 +171,15 @@ def compact_rank_index(engine: Engine, board: str, bucket_size: int = BUCKET_SIZ
     return Compaction(folded=folded, buckets=len(buckets), recut=recut)
 
 
-def _fold(connection: Connection, board: str, deltas: Sequence[tuple[str, int]]) -> list[tuple[str, int]]:
+@dataclass(frozen=True)
+class _Part:
+    """The rows one rank index covers: a board's period ("" without resets)."""
+
+    board: str
+    period: str
+
+
+def _fold(connection: Connection, part: _Part, deltas: Sequence[tuple[str, int]]) -> list[tuple[str, int]]:
     """Shift each bucket's users_before by the deltas below its start; returns the buckets.
 
     A delta counts for every bucket that starts after its key. Python's str
@@ -166,7 +187,7 @@ def _fold(connection: Connection, board: str, deltas: Sequence[tuple[str, int]])
     """
     rows = connection.execute(
         select(RankBucket.start_key, RankBucket.users_before)
-        .where(RankBucket.board == board)
+        .where(RankBucket.board == part.board, RankBucket.period == part.period)
         .order_by(RankBucket.start_key)
     ).all()
     starts = [row.start_key for row in rows]
@@ -182,30 +203,39 @@ def _fold(connection: Connection, board: str, deltas: Sequence[tuple[str, int]])
     if changed:
         connection.execute(
             update(RankBucket)
-            .where(RankBucket.board == board, RankBucket.start_key == bindparam("key"))
+            .where(
+                RankBucket.board == part.board,
+                RankBucket.period == part.period,
+                RankBucket.start_key == bindparam("key"),
+            )
             .values(users_before=bindparam("before")),
             changed,
         )
     return buckets
 
 
-def _uneven(connection: Connection, board: str, buckets: list[tuple[str, int]], bucket_size: int) -> bool:
+def _uneven(connection: Connection, part: _Part, buckets: list[tuple[str, int]], bucket_size: int) -> bool:
     """Whether some bucket holds more than MAX_BUCKET_FACTOR x bucket_size users (or there are none yet)."""
     limit = MAX_BUCKET_FACTOR * bucket_size
     if not buckets:  # worth having once the board outgrows a couple of buckets
-        return _count_from(connection, board, "", limit=limit) >= 2 * bucket_size
+        return _count_from(connection, part, "", limit=limit) >= 2 * bucket_size
     sizes = [buckets[0][1]] + [after - before for (_, before), (_, after) in itertools.pairwise(buckets)]
-    return max(sizes) > limit or _count_from(connection, board, buckets[-1][0], limit=limit + 1) > limit
+    return max(sizes) > limit or _count_from(connection, part, buckets[-1][0], limit=limit + 1) > limit
 
 
-def _count_from(connection: Connection, board: str, start_key: str, limit: int) -> int:
-    rows = select(Score.user_id).where(Score.board == board, Score.rank_key >= start_key).limit(limit).subquery()
+def _count_from(connection: Connection, part: _Part, start_key: str, limit: int) -> int:
+    rows = (
+        select(Score.user_id)
+        .where(Score.board == part.board, Score.period == part.period, Score.rank_key >= start_key)
+        .limit(limit)
+        .subquery()
+    )
     return int(connection.execute(select(func.count()).select_from(rows)).scalar_one())
 
 
-def _boundaries(connection: Connection, board: str, bucket_size: int) -> list[tuple[str, int]]:
+def _boundaries(connection: Connection, part: _Part, bucket_size: int) -> list[tuple[str, int]]:
     position = (func.row_number().over(order_by=Score.rank_key) - 1).label("position")
-    ranked = select(Score.rank_key, position).where(Score.board == board).subquery()
+    ranked = select(Score.rank_key, position).where(Score.board == part.board, Score.period == part.period).subquery()
     rows = connection.execute(select(ranked.c.rank_key, ranked.c.position).where(ranked.c.position % bucket_size == 0))
     return [(row.rank_key, int(row.position)) for row in rows]
 
@@ -239,7 +269,8 @@ def _up_to_date(name: str, buckets: str, base: str) -> str:
         SELECT start_key AS key, users_before, 0 AS delta, 1 AS is_bucket FROM {buckets}
         UNION ALL
         SELECT rank_key, 0, delta, 0 FROM rank_deltas
-        WHERE board = :board AND rank_key >= {lowest} AND rank_key < (SELECT max(start_key) FROM {buckets})
+        WHERE board = :board AND period = :period
+          AND rank_key >= {lowest} AND rank_key < (SELECT max(start_key) FROM {buckets})
     ), {name} AS (
         SELECT key, before FROM (
             SELECT key, is_bucket,
@@ -260,20 +291,20 @@ def _from_rank(offset: str) -> str:
     of `offset`, from the last counted below that (`near`).
     """
     return f"""
-    drift AS (SELECT count(*) AS n FROM rank_deltas WHERE board = :board),
+    drift AS (SELECT count(*) AS n FROM rank_deltas WHERE board = :board AND period = :period),
     lowest AS (
         SELECT start_key, users_before FROM rank_buckets
-        WHERE board = :board AND users_before <= {offset} - (SELECT n FROM drift)
+        WHERE board = :board AND period = :period AND users_before <= {offset} - (SELECT n FROM drift)
         ORDER BY users_before DESC, start_key DESC LIMIT 1
     ),
     near AS (
         SELECT start_key, users_before FROM rank_buckets
-        WHERE board = :board AND users_before >= coalesce((SELECT users_before FROM lowest), 0)
+        WHERE board = :board AND period = :period AND users_before >= coalesce((SELECT users_before FROM lowest), 0)
           AND users_before <= {offset} + (SELECT n FROM drift)
     ),
     near_below AS (
         SELECT coalesce(sum(delta), 0) AS d FROM rank_deltas
-        WHERE board = :board AND rank_key < coalesce((SELECT min(start_key) FROM near), '')
+        WHERE board = :board AND period = :period AND rank_key < coalesce((SELECT min(start_key) FROM near), '')
     ),{_up_to_date("near_now", "near", "(SELECT d FROM near_below)")},
     start AS (SELECT key, before FROM near_now WHERE before <= {offset} ORDER BY key DESC LIMIT 1)
 """
@@ -281,13 +312,17 @@ def _from_rank(offset: str) -> str:
 
 # How many users the board has: the last bucket's count now plus the rows from its start.
 _SIZE = """
-    last AS (SELECT start_key, users_before FROM rank_buckets WHERE board = :board ORDER BY start_key DESC LIMIT 1),
+    last AS (
+        SELECT start_key, users_before FROM rank_buckets WHERE board = :board AND period = :period
+        ORDER BY start_key DESC LIMIT 1
+    ),
     size AS (
         SELECT coalesce((SELECT users_before FROM last), 0)
                + coalesce((SELECT sum(delta) FROM rank_deltas
-                           WHERE board = :board AND rank_key < coalesce((SELECT start_key FROM last), '')), 0)
+                           WHERE board = :board AND period = :period
+                             AND rank_key < coalesce((SELECT start_key FROM last), '')), 0)
                + (SELECT count(*) FROM scores
-                  WHERE board = :board AND rank_key >= coalesce((SELECT start_key FROM last), ''))
+                  WHERE board = :board AND period = :period AND rank_key >= coalesce((SELECT start_key FROM last), ''))
                AS users
     )
 """
@@ -299,7 +334,7 @@ def _page(offset: str, window: str) -> str:
     return f"""
     page AS (
         SELECT user_id, total, rank_key FROM scores
-        WHERE board = :board AND rank_key >= coalesce((SELECT key FROM start), '')
+        WHERE board = :board AND period = :period AND rank_key >= coalesce((SELECT key FROM start), '')
         ORDER BY rank_key
         LIMIT :limit OFFSET {offset} - coalesce((SELECT before FROM start), 0)
     )
@@ -317,21 +352,22 @@ def _placed(name: str, listed: str) -> str:
     {name} AS (
         SELECT {listed}.user_id, {listed}.total, {listed}.rank_key, (
             SELECT start_key FROM rank_buckets
-            WHERE board = :board AND start_key <= {listed}.rank_key ORDER BY start_key DESC LIMIT 1
+            WHERE board = :board AND period = :period AND start_key <= {listed}.rank_key ORDER BY start_key DESC LIMIT 1
         ) AS bucket, (
             SELECT users_before FROM rank_buckets
-            WHERE board = :board AND start_key <= {listed}.rank_key ORDER BY start_key DESC LIMIT 1
+            WHERE board = :board AND period = :period AND start_key <= {listed}.rank_key ORDER BY start_key DESC LIMIT 1
         ) AS users_before
         FROM {listed}
     ), {name}_buckets AS (
         SELECT DISTINCT bucket AS start_key, users_before FROM {name} WHERE bucket IS NOT NULL
     ), {name}_below AS (
         SELECT coalesce(sum(delta), 0) AS d FROM rank_deltas
-        WHERE board = :board AND rank_key < coalesce((SELECT min(start_key) FROM {name}_buckets), '')
+        WHERE board = :board AND period = :period
+          AND rank_key < coalesce((SELECT min(start_key) FROM {name}_buckets), '')
     ),{_up_to_date(f"{name}_now", f"{name}_buckets", f"(SELECT d FROM {name}_below)")},
     {name}_ranked AS (
         SELECT {name}.user_id, {name}.total, {name}.rank_key, {name}.bucket, coalesce({name}_now.before, 0)
-               + (SELECT count(*) FROM scores WHERE board = :board
+               + (SELECT count(*) FROM scores WHERE board = :board AND period = :period
                   AND rank_key >= coalesce({name}.bucket, '') AND rank_key < {name}.rank_key)
                + 1 AS rank
         FROM {name} LEFT JOIN {name}_now ON {name}_now.key = {name}.bucket
@@ -355,7 +391,8 @@ _CENTRED = "(SELECT window_start FROM centred)"
 AROUND = (
     "WITH"
     + _SIZE
-    + ", me AS (SELECT user_id, total, rank_key FROM scores WHERE board = :board AND user_id = :user_id),"
+    + ", me AS (SELECT user_id, total, rank_key FROM scores"
+    + " WHERE board = :board AND period = :period AND user_id = :user_id),"
     + _placed("mine", "me")
     + """, centred AS (
         SELECT {greatest}(0, {least}(mine_ranked.rank - 1 - :half, size.users - :limit)) AS window_start
@@ -368,7 +405,8 @@ AROUND = (
 
 # Each listed user's value and exact rank, in rank order; users without a score are left out.
 RANKS_OF = (
-    "WITH listed AS (SELECT user_id, total, rank_key FROM scores WHERE board = :board AND user_id {listed}),"
+    "WITH listed AS (SELECT user_id, total, rank_key FROM scores"
+    " WHERE board = :board AND period = :period AND user_id {listed}),"
     + _placed("friends", "listed")
     + """
     SELECT friends_ranked.user_id, friends_ranked.total, user_names.name, friends_ranked.rank
@@ -414,7 +452,8 @@ def _ranking(rows: list[tuple[Any, ...]]) -> Ranking | None:
 
 def page(engine: Engine, board: Board, offset: int, limit: int) -> Ranking:
     """`limit` entries from rank `offset` + 1 (none past the end), exact, with the board's user count."""
-    ranking = _ranking(fetch_all(engine, PAGE, {"board": board.id, "offset": offset, "limit": limit}, prepared="page"))
+    params = {"board": board.id, "period": board.period_id, "offset": offset, "limit": limit}
+    ranking = _ranking(fetch_all(engine, PAGE, params, prepared="page"))
     assert ranking is not None
     return ranking
 
@@ -422,7 +461,8 @@ def page(engine: Engine, board: Board, offset: int, limit: int) -> Ranking:
 def around(engine: Engine, board: Board, user_id: str, limit: int) -> Ranking | None:
     """`limit` entries with the user in the middle, shifted at the top and the bottom to stay `limit`
     long (shorter only when the board is); None when the user has no score."""
-    params = {"board": board.id, "user_id": user_id, "limit": limit, "half": (limit - 1) // 2}
+    params = {"board": board.id, "period": board.period_id, "user_id": user_id, "limit": limit}
+    params["half"] = (limit - 1) // 2
     return _ranking(fetch_all(engine, AROUND, params, prepared="around"))
 
 
@@ -435,7 +475,7 @@ def ranks_of(engine: Engine, board: Board, user_ids: list[str]) -> list[Entry]:
     rows = fetch_all(
         engine,
         RANKS_OF.replace("{listed}", _LISTED[dialect]),
-        {"board": board.id, "user_ids": listed},
+        {"board": board.id, "period": board.period_id, "user_ids": listed},
         prepared="friends",
     )
     return [Entry(rank=int(rank), user_id=user, score=int(total), name=name) for user, total, name, rank in rows]

@@ -20,14 +20,14 @@ from app.models import Score, UserName
 RANK_ORDER = (Score.rank_key.asc(),)
 
 
-def top_standings(session: Session, board: Board) -> list[Standing]:
-    """The board's top N from SQL, in RANK_ORDER, with the users' display names."""
+def top_standings(session: Session, board: Board, limit: int | None = None) -> list[Standing]:
+    """The board's top N (or `limit`) from SQL, in the board's period, in RANK_ORDER, with the users' display names."""
     rows = session.execute(
         select(Score.user_id, Score.total, Score.reached_at, Score.version, Score.rank_key, UserName.name)
         .outerjoin(UserName, UserName.user_id == Score.user_id)
-        .where(Score.board == board.id)
+        .where(Score.board == board.id, Score.period == board.period_id)
         .order_by(*RANK_ORDER)
-        .limit(board.top_n)
+        .limit(board.top_n if limit is None else limit)
     )
     return [
         Standing(
@@ -58,12 +58,13 @@ def rebuild_board(
     the merge restores it; later writes apply their own script after ours.
     `updated`, when a write triggered the rebuild, is named in the message.
     `removals` are users just deleted from SQL: their late writes stay out.
-    `reason` labels the rebuild in the metrics (missing, drift, manual, removal); a
-    "missing" board that another process rebuilt meanwhile is not replaced again.
+    `reason` labels the rebuild in the metrics (missing, period, drift, manual, removal); a
+    "missing" board (or a new "period") that another process rebuilt meanwhile is not replaced again.
     """
     REBUILDS.labels(reason).inc()
-    # A missing board may have been rebuilt by another process meanwhile: then only the merge.
-    replace = "rebuild" if reason == "missing" else "replace"
+    # A missing board, or one of a period just begun, may have been rebuilt by
+    # another process meanwhile: then only the merge.
+    replace = "rebuild" if reason in ("missing", "period") else "replace"
     cache.apply(board, top_standings(session, board), mode=replace, updated=updated, removals=removals)
     result = cache.apply(board, top_standings(session, board), mode="merge", updated=updated)
     session.rollback()  # end the read transaction; nothing was written

@@ -15,7 +15,11 @@ and the stored answer are one transaction.
 
 Every statement joins `boards` on the board's uid: a submission made with a
 stale copy of a deleted (or deleted and created again) board changes
-nothing, and the row's `ascending` is the board's order as SQL has it.
+nothing, and the row's `ascending` is the board's order as SQL has it. On a
+board with resets it also checks, by the database's clock, that the period
+the submission names is current: the period a value counts in is decided
+by the statement that writes it (one that finds another period current
+records nothing, and the caller tries again in that one).
 
 The ranking order is `scores.rank_key` (see app.models.Score); the rank here
 counts at most N rows ahead, so it costs the same on any board size.
@@ -47,10 +51,10 @@ IDEMPOTENCY_TTL = timedelta(hours=24)
 # value (see app.leaderboard.rules.value_after) returns no row: its row is
 # then read as it is.
 _UPSERT = """
-    INSERT INTO scores (board, user_id, total, reached_at, version, ascending)
-    SELECT :board, :user_id, :value, {now}, {now_us}, boards.sort_order = 'asc'
-    FROM boards WHERE boards.id = :board AND boards.uid = :uid
-    ON CONFLICT (board, user_id) DO UPDATE
+    INSERT INTO scores (board, period, user_id, total, reached_at, version, ascending)
+    SELECT :board, :period, :user_id, :value, {now}, {now_us}, boards.sort_order = 'asc'
+    FROM boards WHERE boards.id = :board AND boards.uid = :uid AND {now} >= :period_start AND {now} < :period_end
+    ON CONFLICT (board, period, user_id) DO UPDATE
     SET total = {total}, reached_at = {now}, version = {greatest}(scores.version + 1, {now_us}),
         previous_total = scores.total, previous_version = scores.version
     WHERE {changes}
@@ -60,12 +64,14 @@ _UPSERT = """
 _CURRENT = """
     SELECT scores.total, scores.reached_at, scores.rank_key, scores.version
     FROM scores JOIN boards ON boards.id = scores.board AND boards.uid = :uid
-    WHERE scores.board = :board AND scores.user_id = :user_id
+    WHERE scores.board = :board AND scores.period = :period AND scores.user_id = :user_id
+      AND {now} >= :period_start AND {now} < :period_end
 """
 
 _AHEAD = """
     SELECT count(*) FROM (
-        SELECT 1 FROM scores WHERE board = :board AND rank_key < :rank_key ORDER BY board, rank_key LIMIT :top_n
+        SELECT 1 FROM scores WHERE board = :board AND period = :period AND rank_key < :rank_key
+        ORDER BY board, period, rank_key LIMIT :top_n
     ) AS ahead
 """
 
@@ -89,17 +95,19 @@ _AHEAD = """
 # that is not (or no longer) there returns no row.
 _UPSERT_MANY_AND_AHEAD = """
     WITH submitted AS (
-        SELECT submitted.board, submitted.user_id, submitted.value, submitted.top_n,
+        SELECT submitted.board, submitted.period, submitted.user_id, submitted.value, submitted.top_n,
                boards.sort_order = 'asc' AS ascending
-        FROM unnest(CAST(:boards AS text[]), CAST(:uids AS text[]), CAST(:user_ids AS text[]),
-                    CAST(:submitted_values AS bigint[]), CAST(:top_ns AS integer[]))
-             AS submitted (board, uid, user_id, value, top_n)
+        FROM unnest(CAST(:boards AS text[]), CAST(:uids AS text[]), CAST(:periods AS text[]),
+                    CAST(:period_starts AS timestamp[]), CAST(:period_ends AS timestamp[]),
+                    CAST(:user_ids AS text[]), CAST(:submitted_values AS bigint[]), CAST(:top_ns AS integer[]))
+             AS submitted (board, uid, period, period_start, period_end, user_id, value, top_n)
         JOIN boards ON boards.id = submitted.board AND boards.uid = submitted.uid
+            AND {now} >= submitted.period_start AND {now} < submitted.period_end
     ), upserted AS (
-        INSERT INTO scores (board, user_id, total, reached_at, version, ascending)
-        SELECT board, user_id, value, {now}, {now_us}, ascending FROM submitted
-        ORDER BY board, user_id
-        ON CONFLICT (board, user_id) DO UPDATE
+        INSERT INTO scores (board, period, user_id, total, reached_at, version, ascending)
+        SELECT board, period, user_id, value, {now}, {now_us}, ascending FROM submitted
+        ORDER BY board, period, user_id
+        ON CONFLICT (board, period, user_id) DO UPDATE
         SET total = {total}, reached_at = {now}, version = {greatest}(scores.version + 1, {now_us}),
             previous_total = scores.total, previous_version = scores.version
         WHERE {changes}
@@ -112,13 +120,15 @@ _UPSERT_MANY_AND_AHEAD = """
            upserted.previous_total, upserted.previous_version,
            (SELECT count(*) FROM (
                 SELECT 1 FROM scores AS ahead
-                WHERE ahead.board = submitted.board AND ahead.rank_key < coalesce(upserted.rank_key, old.rank_key)
+                WHERE ahead.board = submitted.board AND ahead.period = submitted.period
+                  AND ahead.rank_key < coalesce(upserted.rank_key, old.rank_key)
                   AND ahead.rank_key IS DISTINCT FROM old.rank_key
-                ORDER BY ahead.board, ahead.rank_key LIMIT submitted.top_n
+                ORDER BY ahead.board, ahead.period, ahead.rank_key LIMIT submitted.top_n
            ) AS ahead)
     FROM submitted
     LEFT JOIN upserted ON upserted.board = submitted.board AND upserted.user_id = submitted.user_id
-    LEFT JOIN scores AS old ON old.board = submitted.board AND old.user_id = submitted.user_id
+    LEFT JOIN scores AS old
+        ON old.board = submitted.board AND old.period = submitted.period AND old.user_id = submitted.user_id
 """
 
 # A key past its 24 h window is taken over as if new. On PostgreSQL a
@@ -279,18 +289,20 @@ def _claim(
 
 
 def _read_one(engine: Engine, cursor: Any, one: Submitted) -> Recorded | BoardMissing:
-    params = {"board": one.board.id, "uid": one.board.uid, "user_id": one.user_id}
+    params = {"board": one.board.id, "uid": one.board.uid, "user_id": one.user_id, **_period(engine, one.board)}
     cursor.execute(adapt(engine, _CURRENT), params)
     row = cursor.fetchone()
     if row is None:
         return BoardMissing(one.board.id)
-    cursor.execute(adapt(engine, _AHEAD), {"board": one.board.id, "rank_key": row[2], "top_n": one.board.top_n})
+    ahead = {"board": one.board.id, "period": one.board.period_id, "rank_key": row[2], "top_n": one.board.top_n}
+    cursor.execute(adapt(engine, _AHEAD), ahead)
     return _recorded(row[0], row[1], row[2], row[3], cursor.fetchone()[0], one.board.top_n, False)
 
 
 def _record_one(engine: Engine, cursor: Any, one: Submitted) -> Recorded:
     board = one.board
     params = {"board": board.id, "uid": board.uid, "user_id": one.user_id, "value": one.value}
+    params |= _period(engine, board)
     cursor.execute(_statement(engine, _UPSERT, board.operator, board.ascending), params)
     row = cursor.fetchone()
     changed = row is not None
@@ -301,11 +313,24 @@ def _record_one(engine: Engine, cursor: Any, one: Submitted) -> Recorded:
             raise BoardMissing(board.id)
         if board.operator == "incr":
             raise TotalTooLarge
-    cursor.execute(adapt(engine, _AHEAD), {"board": board.id, "rank_key": row[2], "top_n": board.top_n})
+    cursor.execute(adapt(engine, _AHEAD), params | {"rank_key": row[2], "top_n": board.top_n})
     ahead = cursor.fetchone()[0]
     if not changed:
         return _recorded(row[0], row[1], row[2], row[3], ahead, board.top_n, changed)
     return _recorded(row[0], row[1], row[2], row[3], ahead, board.top_n, changed, row[4], row[5])
+
+
+# The bounds of a board without resets: its one period is all of time.
+_ALWAYS = (datetime(1, 1, 1), datetime(9999, 12, 31))
+
+
+def _period(engine: Engine, board: Board) -> dict[str, Any]:
+    """The period a submission claims to count in, and its bounds: the statement checks them
+    against the database's clock, and records nothing (BoardMissing) when they do not hold."""
+    bounds: tuple[Any, Any] = _ALWAYS if board.period is None else (board.period.start, board.period.end)
+    if engine.dialect.name == "sqlite":  # stored as text: compare text with text
+        bounds = tuple(stamp.isoformat(sep=" ", timespec="microseconds") for stamp in bounds)
+    return {"period": board.period_id, "period_start": bounds[0], "period_end": bounds[1]}
 
 
 class NotRecorded(Exception):
@@ -360,9 +385,13 @@ def record_many(engine: Engine, submitted: Sequence[Submitted]) -> list[Outcome]
 def _upsert_many(
     engine: Engine, cursor: Any, group: Sequence[Submitted], operator: str, ascending: bool
 ) -> dict[tuple[str, str], Any]:
+    periods = [_period(engine, one.board) for one in group]
     params = {
         "boards": [one.board.id for one in group],
         "uids": [one.board.uid for one in group],
+        "periods": [period["period"] for period in periods],
+        "period_starts": [period["period_start"] for period in periods],
+        "period_ends": [period["period_end"] for period in periods],
         "user_ids": [one.user_id for one in group],
         "submitted_values": [one.value for one in group],
         "top_ns": [one.board.top_n for one in group],

@@ -48,15 +48,19 @@ class Submission:
     rank: int | None
     improved: bool = True  # whether the submission changed the user's value
     replayed: bool = False
+    period: str | None = None  # on a board with resets: the period it counted in
 
     def as_json(self) -> dict[str, Any]:
-        return {
+        answer: dict[str, Any] = {
             "status": "ok",
             "userId": self.user_id,
             "score": self.total,
             "rank": self.rank,
             "improved": self.improved,
         }
+        if self.period is not None:
+            answer["period"] = self.period
+        return answer
 
     @classmethod
     def from_json(cls, answer: dict[str, Any], *, replayed: bool = False) -> Submission:
@@ -67,4 +71,5 @@ class Submission:
             rank=answer["rank"],
             improved=answer.get("improved", True),
             replayed=replayed,
+            period=answer.get("period"),
         )

@@ -11,6 +11,8 @@ import hashlib
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import replace
+from datetime import datetime
 from typing import cast
 
 import redis
@@ -27,6 +29,7 @@ from app.leaderboard.errors import BoardNotFound, IdempotencyKeyReused, TotalLim
 from app.leaderboard.names import store_names
 from app.leaderboard.rebuild import rebuild_board, top_standings
 from app.leaderboard.records import Recorded, Submitted
+from app.leaderboard.seasons import database_now, period_at
 from app.leaderboard.standings import Standing, Submission
 from app.metrics import WRITE_BATCH_SIZE
 
@@ -74,14 +77,20 @@ def submit_score(
             raise committed
         return committed
     board, user_id = submitted.board, submitted.user_id
-    outcome = _record(
-        engine,
-        [submitted],
-        key=idempotency_key,
-        scope=board.id,
-        fingerprint=submitted.value,
-        answer=lambda recorded: _submission(user_id, recorded[0]).as_json(),
-    )
+    try:
+        outcome = _record(
+            engine,
+            [submitted],
+            key=idempotency_key,
+            scope=board.id,
+            fingerprint=submitted.value,
+            answer=lambda recorded: _submission(submitted, recorded[0]).as_json(),
+        )
+    except BoardNotFound:
+        moved = in_current_periods(engine, [submitted])
+        if moved is None:
+            raise
+        return submit_score(engine, cache, moved[0], idempotency_key)
     if outcome is None:  # the key's record was pruned between claim and read: claim again
         return submit_score(engine, cache, submitted, idempotency_key)
     if isinstance(outcome, records.Replayed):
@@ -91,7 +100,7 @@ def submit_score(
     (recorded,) = outcome
     if recorded.changed:
         publish(engine, cache, [(board, recorded.standing(user_id, submitted.name))])
-    return _submission(user_id, recorded)
+    return _submission(submitted, recorded)
 
 
 def submit_scores(
@@ -111,12 +120,18 @@ def submit_scores(
 
     def answer(recorded: list[Recorded]) -> dict[str, object]:
         return scores_answer(
-            user_id, [(one.board, _submission(user_id, r)) for one, r in zip(submitted, recorded, strict=True)]
+            user_id, [(one.board, _submission(one, r)) for one, r in zip(submitted, recorded, strict=True)]
         )
 
-    outcome = _record(
-        engine, submitted, key=idempotency_key, scope="", fingerprint=fingerprint(submitted), answer=answer
-    )
+    try:
+        outcome = _record(
+            engine, submitted, key=idempotency_key, scope="", fingerprint=fingerprint(submitted), answer=answer
+        )
+    except BoardNotFound:
+        moved = in_current_periods(engine, submitted)
+        if moved is None:
+            raise
+        return submit_scores(engine, cache, moved, idempotency_key)
     if outcome is None:
         return submit_scores(engine, cache, submitted, idempotency_key)
     if isinstance(outcome, records.Replayed):
@@ -129,7 +144,7 @@ def submit_scores(
         cache,
         [(one.board, r.standing(user_id, one.name)) for one, r in zip(submitted, outcome, strict=True) if r.changed],
     )
-    return [_submission(user_id, r) for r in outcome], False
+    return [_submission(one, r) for one, r in zip(submitted, outcome, strict=True)], False
 
 
 def scores_answer(user_id: str, answers: Sequence[tuple[Board, Submission]]) -> dict[str, object]:
@@ -138,7 +153,9 @@ def scores_answer(user_id: str, answers: Sequence[tuple[Board, Submission]]) -> 
         "status": "ok",
         "userId": user_id,
         "scores": {
-            board.id: {"score": one.total, "rank": one.rank, "improved": one.improved} for board, one in answers
+            board.id: {"score": one.total, "rank": one.rank, "improved": one.improved}
+            | ({} if one.period is None else {"period": one.period})
+            for board, one in answers
         },
     }
 
@@ -160,8 +177,31 @@ def _record(
         raise BoardNotFound(str(missing)) from None
 
 
-def _submission(user_id: str, recorded: Recorded) -> Submission:
-    return Submission(user_id=user_id, total=recorded.total, rank=recorded.rank, improved=recorded.changed)
+def _submission(submitted: Submitted, recorded: Recorded) -> Submission:
+    return Submission(
+        user_id=submitted.user_id,
+        total=recorded.total,
+        rank=recorded.rank,
+        improved=recorded.changed,
+        period=submitted.board.period.id if submitted.board.period else None,
+    )
+
+
+def in_current_periods(
+    engine: Engine, submitted: Sequence[Submitted], now: datetime | None = None
+) -> list[Submitted] | None:
+    """After a submission found its board missing: the submissions aimed at the periods current
+    now by the database's clock, when a board with resets has moved on to (or not yet reached)
+    another period; None when none has (then the board is gone)."""
+    now = now or database_now(engine)
+    moved, changed = [], False
+    for one in submitted:
+        period = one.board.period
+        if period is not None and not period.start <= now < period.end:
+            one = replace(one, board=one.board.at(period_at(one.board.reset, one.board.timezone, now)))
+            changed = True
+        moved.append(one)
+    return moved if changed else None
 
 
 def group_commit(engine: Engine, cache: BoardCache) -> GroupCommit[Submitted, Submission]:
@@ -200,15 +240,22 @@ def commit_submissions(engine: Engine, cache: BoardCache, batch: Sequence[Submit
     outcomes = records.record_many(engine, batch)
     answers: list[Submission | Exception] = []
     changes: list[tuple[Board, Standing]] = []
+    now: datetime | None = None
     for submitted, outcome in zip(batch, outcomes, strict=True):
         if isinstance(outcome, Recorded):
-            answers.append(_submission(submitted.user_id, outcome))
+            answers.append(_submission(submitted, outcome))
             if outcome.changed:
                 changes.append((submitted.board, outcome.standing(submitted.user_id, submitted.name)))
         elif isinstance(outcome, records.TotalTooLarge):
             answers.append(TotalLimitExceeded())
         elif isinstance(outcome, records.BoardMissing):
-            answers.append(BoardNotFound(submitted.board.id))
+            # On a board with resets, it may have named a period that is no longer (or not yet) current.
+            now = now or (database_now(engine) if submitted.board.period else None)
+            moved = in_current_periods(engine, [submitted], now) if now else None
+            if moved is None:
+                answers.append(BoardNotFound(submitted.board.id))
+            else:
+                answers.append(_committed_alone(engine, cache, moved[0]))
         elif len(batch) > 1 and _worth_alone(outcome):
             answers.append(_committed_alone(engine, cache, submitted))
         else:

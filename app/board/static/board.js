@@ -17,6 +17,9 @@
  * QUIET_CHECK_MS without a frame the page asks /leaderboard whether the board
  * moved on (a 304 when it has not), and reopens the stream if it did.
  *
+ * A board with resets (daily, weekly, ...) names its period and counts down
+ * to its end; at the reset the stream brings the new, empty period by itself.
+ *
  * With ?recent=N the page also lists the board's N latest changes from its
  * change log (/changes): "alice +250" on a board that adds, "alice 61,234"
  * on one that keeps the best or the latest. The browser resumes that stream
@@ -46,6 +49,12 @@ const changes = document.getElementById("changes");
 const rowsShown = Number(table.dataset.rows) || Infinity;
 const reducedMotion = matchMedia("(prefers-reduced-motion: reduce)");
 const numbers = new Intl.NumberFormat();
+
+const periodLine = document.getElementById("period");
+const periodId = document.getElementById("period-id");
+const periodLeft = document.getElementById("period-left");
+let periodEnds = null; // when the period shown ends (a Date), on a board with resets
+let countdownTimer = 0;
 
 const recent = document.getElementById("recent");
 const knownNames = new Map(); // display names seen in frames, for the list of changes
@@ -159,9 +168,10 @@ function showBoard(board) {
   }
   if (!isFirst && !reducedMotion.matches) slideIntoPlace(before);
 
-  note.textContent = "No scores yet.";
+  note.textContent = board.period ? "No scores yet in this period." : "No scores yet.";
   note.hidden = entries.length > 0;
   showUpdatedAt(board.ts);
+  showPeriod(board.period, board.periodEnds);
   if (announcements.length) changes.textContent = announcements.slice(0, ANNOUNCED_CHANGES).join("; ");
 }
 
@@ -213,6 +223,25 @@ function slideIntoPlace(before) {
     const offset = old.top - row.getBoundingClientRect().top;
     if (Math.abs(offset) >= 1) row.animate([{ transform: `translateY(${offset}px)` }, { transform: "none" }], options);
   }
+}
+
+function showPeriod(period, ends) {
+  periodLine.hidden = !period;
+  if (!period) return;
+  periodId.textContent = period;
+  periodEnds = new Date(ends);
+  periodLeft.dateTime = periodEnds.toISOString();
+  periodLeft.title = periodEnds.toLocaleString();
+  showTimeLeft();
+  if (!countdownTimer) countdownTimer = setInterval(showTimeLeft, 1000);
+}
+
+function showTimeLeft() {
+  const seconds = Math.max(0, Math.ceil((periodEnds - Date.now()) / 1000));
+  const days = Math.floor(seconds / 86_400);
+  const clock = [Math.floor(seconds / 3600) % 24, Math.floor(seconds / 60) % 60, seconds % 60];
+  const [hours, minutes, secs] = clock.map((part) => String(part).padStart(2, "0"));
+  periodLeft.textContent = days ? `${days}d ${hours}:${minutes}:${secs}` : `${hours}:${minutes}:${secs}`;
 }
 
 function showUpdatedAt(ts) {
