@@ -120,7 +120,8 @@ class BoardKeeper:
         return max(0.0, (min(ends) - self.registry.clock.now()).total_seconds()) + PERIOD_SWITCH_DELAY_SECONDS
 
     def reconcile(self) -> dict[str, str]:
-        """One round: what was done per board looked at ("ok", "watching", "rebuilt" or "switched")."""
+        """One round: what was done per board looked at ("ok", "watching", "rebuilt", "switched" to a
+        new period, or "ahead": Redis is at a later period than this process's clock says)."""
         if self._rounds % REGISTRY_EVERY == 0 or not self._boards:
             self._boards = self.registry.all()
         self._boards = [self.registry.current(board) for board in self._boards]
@@ -130,6 +131,8 @@ class BoardKeeper:
         if self._rounds % ALL_BOARDS_EVERY == 1 or len(self._boards) == 1:
             built = self.cache.built(self._boards)
             for board in self._boards:
+                if board.id in outcome:  # just switched to its new period (or found Redis past it)
+                    continue
                 if not built[board.id] and not self.cache.is_built(board):  # another worker may just have
                     outcome[board.id] = self._rebuild(board, "missing", "missing from Redis")
         compare = [self.registry.default_id, *sorted(self.cache.stale_boards), *self._sweep()]
@@ -149,9 +152,15 @@ class BoardKeeper:
         for board in with_resets:
             if not built[board.id]:
                 with Session(self.engine) as session:
-                    rebuild_board(session, self.cache, board, reason="period")
-                log.info("board %s: period %s", board.id, board.period_id)
-                switched[board.id] = "switched"
+                    result = rebuild_board(session, self.cache, board, reason="period")
+                if result.status == "ended":
+                    # Redis is at a later period than this process thinks it is: its idea
+                    # of the database's clock is behind; measure it again.
+                    self.registry.clock.sync()
+                    switched[board.id] = "ahead"
+                else:
+                    log.info("board %s: period %s", board.id, board.period_id)
+                    switched[board.id] = "switched"
         return switched
 
     def _sweep(self) -> list[str]:

@@ -31,6 +31,7 @@ registry = BoardRegistry(
 )
 board, _ = registry.ensure_default()
 UPSERT = records.statement_for(engine, records._UPSERT, board)
+PERIOD = records.period_params(engine, board)  # the default board has no resets: all of time
 app = Flask("reference")
 
 
@@ -43,8 +44,9 @@ def post_score() -> tuple[str, int]:
     try:
         pooled.dbapi_connection.autocommit = True
         cursor = pooled.cursor()
-        cursor.execute(UPSERT, {"board": board.id, "uid": board.uid, "user_id": claims["sub"], "value": score})
-        total, reached_at, rank_key, version = cursor.fetchone()
+        params = {"board": board.id, "uid": board.uid, "user_id": claims["sub"], "value": score}
+        cursor.execute(UPSERT, params | PERIOD)
+        total, reached_at, rank_key, version = cursor.fetchone()[:4]
         pooled.dbapi_connection.autocommit = False
     finally:
         pooled.close()

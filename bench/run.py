@@ -259,6 +259,12 @@ class Run:
                     )
                     result["server_cpu"] = (sum(cpu_seconds(pid) for pid in pids) - cpu_before) / sizes.write_seconds
                     result["postgres_cpu"] = (postgres_cpu_seconds() - postgres_before) / sizes.write_seconds
+                    if result["status_errors"]:
+                        # A side that answers errors answers fast: its throughput compares with nothing.
+                        raise RuntimeError(
+                            f"{name} answered {result['status_errors']} of {result['requests']} writes"
+                            f" with an error at {connections} connections:\n{server.log()[-2000:]}"
+                        )
                     row[name] = result
                 row["ratio"] = row["ours"]["rps"] / row["reference"]["rps"]
                 rows.append(row)

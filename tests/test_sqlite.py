@@ -104,3 +104,29 @@ def test_both_services_run_on_sqlite_under_gunicorn(sqlite_env: dict[str, str]) 
     finally:
         assert increment.stop() == 0
         assert board.stop() == 0
+
+
+def test_a_board_with_resets_counts_each_period_apart_on_sqlite(sqlite_app: Flask, redis_conn: redis.Redis) -> None:
+    """The period check and the period's rows work on SQLite's clock and text timestamps too."""
+    admin = auth("ops", role="admin")
+    client = sqlite_app.test_client()
+    created = client.put("/admin/boards/sqlite-daily", json={"reset": "daily", "topN": 3}, headers=admin)
+    assert created.status_code == 201, created.get_json()
+    period = created.get_json()["period"]
+    try:
+        for user, score in [("ann", 5), ("bo", 7), ("ann", 1)]:
+            answer = client.post("/boards/sqlite-daily/score", json={"score": score}, headers=auth(user))
+            assert answer.status_code == 200, answer.get_json()
+            assert answer.get_json()["period"] == period
+        latest = redis_conn.get(BoardKeys.for_board("sqlite-daily").latest)
+        assert latest is not None
+        assert '"top":[["bo","7"],["ann","6"]]' in latest
+        assert f'"period":"{period}"' in latest
+        with sqlite_app.app_context():
+            from app.extensions import db
+
+            rows = db.session.execute(text("SELECT period, user_id, total FROM scores ORDER BY user_id")).all()
+            db.session.remove()
+        assert [tuple(row) for row in rows] == [(period, "ann", 6), (period, "bo", 7)]
+    finally:
+        redis_conn.delete(*BoardKeys.for_board("sqlite-daily").as_list())

@@ -289,7 +289,7 @@ def _claim(
 
 
 def _read_one(engine: Engine, cursor: Any, one: Submitted) -> Recorded | BoardMissing:
-    params = {"board": one.board.id, "uid": one.board.uid, "user_id": one.user_id, **_period(engine, one.board)}
+    params = {"board": one.board.id, "uid": one.board.uid, "user_id": one.user_id, **period_params(engine, one.board)}
     cursor.execute(adapt(engine, _CURRENT), params)
     row = cursor.fetchone()
     if row is None:
@@ -302,7 +302,7 @@ def _read_one(engine: Engine, cursor: Any, one: Submitted) -> Recorded | BoardMi
 def _record_one(engine: Engine, cursor: Any, one: Submitted) -> Recorded:
     board = one.board
     params = {"board": board.id, "uid": board.uid, "user_id": one.user_id, "value": one.value}
-    params |= _period(engine, board)
+    params |= period_params(engine, board)
     cursor.execute(_statement(engine, _UPSERT, board.operator, board.ascending), params)
     row = cursor.fetchone()
     changed = row is not None
@@ -324,7 +324,7 @@ def _record_one(engine: Engine, cursor: Any, one: Submitted) -> Recorded:
 _ALWAYS = (datetime(1, 1, 1), datetime(9999, 12, 31))
 
 
-def _period(engine: Engine, board: Board) -> dict[str, Any]:
+def period_params(engine: Engine, board: Board) -> dict[str, Any]:
     """The period a submission claims to count in, and its bounds: the statement checks them
     against the database's clock, and records nothing (BoardMissing) when they do not hold."""
     bounds: tuple[Any, Any] = _ALWAYS if board.period is None else (board.period.start, board.period.end)
@@ -385,7 +385,7 @@ def record_many(engine: Engine, submitted: Sequence[Submitted]) -> list[Outcome]
 def _upsert_many(
     engine: Engine, cursor: Any, group: Sequence[Submitted], operator: str, ascending: bool
 ) -> dict[tuple[str, str], Any]:
-    periods = [_period(engine, one.board) for one in group]
+    periods = [period_params(engine, one.board) for one in group]
     params = {
         "boards": [one.board.id for one in group],
         "uids": [one.board.uid for one in group],

@@ -28,6 +28,7 @@ from typing import Any
 
 from croniter import CroniterBadCronError, croniter
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from app.sql import fetch_all, fetch_one
 
@@ -208,9 +209,8 @@ class DatabaseClock:
         if self._skew is None or time.monotonic() - self._synced_at > self.SYNC_EVERY:
             try:
                 self.sync()
-            except Exception:  # the database is away: the last skew (or none) will do
-                if self._skew is None:
-                    self._skew = 0.0
+            except SQLAlchemyError:  # the database is away: the last skew (or none) will do for a while
+                self._synced_at = time.monotonic()
         return datetime.fromtimestamp(time.time() + (self._skew or 0.0), UTC).replace(tzinfo=None)
 
     def sync(self) -> None:
