@@ -81,11 +81,15 @@ _RANK = """
     + 1
 """
 
+# A user's row is looked up by the key (board, user_id, period), its period
+# compared as `period || ''` so that no planner takes the rank index for it
+# (see app.leaderboard.records).
 RANK_OF_KEY = "WITH" + _BUCKET.format(key=":key") + "SELECT" + _RANK.format(key=":key")
 
 # A user's total and rank, one statement: their key is read in the same snapshot.
 USER_RANK = (
-    "WITH me AS (SELECT total, rank_key FROM scores WHERE board = :board AND period = :period AND user_id = :user_id),"
+    "WITH me AS (SELECT total, rank_key FROM scores"
+    " WHERE board = :board AND user_id = :user_id AND period || '' = :period),"
     + _BUCKET.format(key="(SELECT rank_key FROM me)")
     + "SELECT me.total,"
     + _RANK.format(key="me.rank_key")
@@ -392,7 +396,7 @@ AROUND = (
     "WITH"
     + _SIZE
     + ", me AS (SELECT user_id, total, rank_key FROM scores"
-    + " WHERE board = :board AND period = :period AND user_id = :user_id),"
+    + " WHERE board = :board AND user_id = :user_id AND period || '' = :period),"
     + _placed("mine", "me")
     + """, centred AS (
         SELECT {greatest}(0, {least}(mine_ranked.rank - 1 - :half, size.users - :limit)) AS window_start
@@ -406,7 +410,7 @@ AROUND = (
 # Each listed user's value and exact rank, in rank order; users without a score are left out.
 RANKS_OF = (
     "WITH listed AS (SELECT user_id, total, rank_key FROM scores"
-    " WHERE board = :board AND period = :period AND user_id {listed}),"
+    " WHERE board = :board AND user_id {listed} AND period || '' = :period),"
     + _placed("friends", "listed")
     + """
     SELECT friends_ranked.user_id, friends_ranked.total, user_names.name, friends_ranked.rank

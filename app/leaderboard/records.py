@@ -53,7 +53,8 @@ IDEMPOTENCY_TTL = timedelta(hours=24)
 _UPSERT = """
     INSERT INTO scores (board, period, user_id, total, reached_at, version, ascending)
     SELECT :board, :period, :user_id, :value, {now}, {now_us}, boards.sort_order = 'asc'
-    FROM boards WHERE boards.id = :board AND boards.uid = :uid AND {now} >= :period_start AND {now} < :period_end
+    FROM boards WHERE boards.id = :board AND boards.uid = :uid
+        AND (:period_start IS NULL OR ({now} >= :period_start AND {now} < :period_end))
     ON CONFLICT (board, period, user_id) DO UPDATE
     SET total = {total}, reached_at = {now}, version = {greatest}(scores.version + 1, {now_us}),
         previous_total = scores.total, previous_version = scores.version
@@ -64,8 +65,8 @@ _UPSERT = """
 _CURRENT = """
     SELECT scores.total, scores.reached_at, scores.rank_key, scores.version
     FROM scores JOIN boards ON boards.id = scores.board AND boards.uid = :uid
-    WHERE scores.board = :board AND scores.period = :period AND scores.user_id = :user_id
-      AND {now} >= :period_start AND {now} < :period_end
+    WHERE scores.board = :board AND scores.user_id = :user_id AND scores.period || '' = :period
+      AND (:period_start IS NULL OR ({now} >= :period_start AND {now} < :period_end))
 """
 
 _AHEAD = """
@@ -75,6 +76,12 @@ _AHEAD = """
     ) AS ahead
 """
 
+# A user's own row is found by the key (board, user_id, period). Its period is
+# compared as `period || ''`, which no index can take: on a table without
+# statistics (a new one, or autovacuum off), (board, period) makes the rank
+# index look as good to the planner as the key, and it would walk the whole
+# period's rows for each lookup (twice the statement's time, measured).
+#
 # Both counts walk ix_scores_rank in order and stop after N entries. A bitmap
 # scan would read every entry ahead of the user first, dead ones included:
 # thousands per write on a busy board (docs/write-path-profile.md). The
@@ -102,7 +109,8 @@ _UPSERT_MANY_AND_AHEAD = """
                     CAST(:user_ids AS text[]), CAST(:submitted_values AS bigint[]), CAST(:top_ns AS integer[]))
              AS submitted (board, uid, period, period_start, period_end, user_id, value, top_n)
         JOIN boards ON boards.id = submitted.board AND boards.uid = submitted.uid
-            AND {now} >= submitted.period_start AND {now} < submitted.period_end
+            AND (submitted.period_start IS NULL
+                 OR ({now} >= submitted.period_start AND {now} < submitted.period_end))
     ), upserted AS (
         INSERT INTO scores (board, period, user_id, total, reached_at, version, ascending)
         SELECT board, period, user_id, value, {now}, {now_us}, ascending FROM submitted
@@ -128,7 +136,7 @@ _UPSERT_MANY_AND_AHEAD = """
     FROM submitted
     LEFT JOIN upserted ON upserted.board = submitted.board AND upserted.user_id = submitted.user_id
     LEFT JOIN scores AS old
-        ON old.board = submitted.board AND old.period = submitted.period AND old.user_id = submitted.user_id
+        ON old.board = submitted.board AND old.user_id = submitted.user_id AND old.period || '' = submitted.period
 """
 
 # A key past its 24 h window is taken over as if new. On PostgreSQL a
@@ -320,14 +328,13 @@ def _record_one(engine: Engine, cursor: Any, one: Submitted) -> Recorded:
     return _recorded(row[0], row[1], row[2], row[3], ahead, board.top_n, changed, row[4], row[5])
 
 
-# The bounds of a board without resets: its one period is all of time.
-_ALWAYS = (datetime(1, 1, 1), datetime(9999, 12, 31))
-
-
 def period_params(engine: Engine, board: Board) -> dict[str, Any]:
     """The period a submission claims to count in, and its bounds: the statement checks them
-    against the database's clock, and records nothing (BoardMissing) when they do not hold."""
-    bounds: tuple[Any, Any] = _ALWAYS if board.period is None else (board.period.start, board.period.end)
+    against the database's clock, and records nothing (BoardMissing) when they do not hold.
+    No bounds (NULL) on a board without resets: its one period is all of time."""
+    if board.period is None:
+        return {"period": "", "period_start": None, "period_end": None}
+    bounds: tuple[Any, Any] = (board.period.start, board.period.end)
     if engine.dialect.name == "sqlite":  # stored as text: compare text with text
         bounds = tuple(stamp.isoformat(sep=" ", timespec="microseconds") for stamp in bounds)
     return {"period": board.period_id, "period_start": bounds[0], "period_end": bounds[1]}
