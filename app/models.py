@@ -122,8 +122,8 @@ class RankBucket(db.Model):  # type: ignore[name-defined,misc]
     start_key: Mapped[str] = mapped_column(RankKey, primary_key=True)
     users_before: Mapped[int] = mapped_column(BigInteger)
 
-    # The bucket a rank falls in (pages, windows): one probe by count.
-    __table_args__ = (Index("ix_rank_buckets_board_users_before", "board", "period", "users_before"),)
+    # The bucket a rank falls in (pages, windows): one step back from a count, ties by key.
+    __table_args__ = (Index("ix_rank_buckets_board_users_before", "board", "period", "users_before", "start_key"),)
 
 
 class UserName(db.Model):  # type: ignore[name-defined,misc]

