@@ -23,7 +23,7 @@ from app.board.hub import BoardHub, Frame
 from app.board.sse import StreamOptions, come_back_later, parse_last_event_id, stream_board, stream_changes
 from app.errors import InvalidQuery, ServiceUnavailable, UserNotFound
 from app.extensions import db
-from app.leaderboard import Board, BoardNotFound, BoardRegistry, ranks
+from app.leaderboard import Board, BoardNotFound, BoardRegistry, Standing, ranks
 from app.leaderboard.ranks import PAGE_LIMIT_MAX, Entry, Ranking
 from app.leaderboard.rebuild import top_standings
 from app.leaderboard.seasons import periods_before
@@ -216,15 +216,18 @@ def _asked_period(board: Board) -> Board:
 
 def _ended_top(board: Board) -> Response:
     """A period that ended: its top N as it ended, from SQL, in the snapshot's shape (no version)."""
-    standings = top_standings(db.session(), board)
+    return jsonify({**board.period_json(), **_top_json(top_standings(db.session(), board))})
+
+
+def _top_json(standings: list[Standing]) -> dict[str, object]:
+    """Standings from SQL as the snapshot lists them: ranked entries, and the names they have."""
     body: dict[str, object] = {
-        **board.period_json(),
-        "top": [{"rank": i, "userId": s.user_id, "score": s.total} for i, s in enumerate(standings, 1)],
+        "top": [{"rank": i, "userId": s.user_id, "score": s.total} for i, s in enumerate(standings, 1)]
     }
     names = {s.user_id: s.name for s in standings if s.name}
     if names:
         body["names"] = names
-    return jsonify(body)
+    return body
 
 
 def _int_arg(name: str, default: int, low: int, high: int) -> int:
@@ -310,15 +313,7 @@ def periods(board_id: str) -> Response:
 def _period_json(board: Board, *, current: bool) -> dict[str, object]:
     assert board.period is not None
     standings = top_standings(db.session(), board, limit=PERIODS_TOP)
-    body: dict[str, object] = {
-        **board.period.as_json(board.timezone),
-        "current": current,
-        "top": [{"rank": i, "userId": s.user_id, "score": s.total} for i, s in enumerate(standings, 1)],
-    }
-    names = {s.user_id: s.name for s in standings if s.name}
-    if names:
-        body["names"] = names
-    return body
+    return {**board.period.as_json(board.timezone), "current": current, **_top_json(standings)}
 
 
 @bp.get("/stats")

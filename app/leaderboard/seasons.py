@@ -19,7 +19,6 @@ same clock. Never imports Flask.
 from __future__ import annotations
 
 import re
-import threading
 import time
 import zoneinfo
 from dataclasses import dataclass
@@ -92,15 +91,15 @@ def period_at(reset: str, timezone: str, instant: datetime) -> Period | None:
     local = instant.replace(tzinfo=UTC).astimezone(zone)
     if reset == "daily":
         day = local.date()
-        return _period(day.isoformat(), _midnight(day, zone), _midnight(day + timedelta(days=1), zone))
+        return Period(day.isoformat(), _midnight(day, zone), _midnight(day + timedelta(days=1), zone))
     if reset == "weekly":
         monday = local.date() - timedelta(days=local.weekday())
         year, week, _ = monday.isocalendar()
-        return _period(f"{year}-W{week:02d}", _midnight(monday, zone), _midnight(monday + timedelta(days=7), zone))
+        return Period(f"{year}-W{week:02d}", _midnight(monday, zone), _midnight(monday + timedelta(days=7), zone))
     if reset == "monthly":
         first = local.date().replace(day=1)
         following = (first + timedelta(days=32)).replace(day=1)
-        return _period(f"{first:%Y-%m}", _midnight(first, zone), _midnight(following, zone))
+        return Period(f"{first:%Y-%m}", _midnight(first, zone), _midnight(following, zone))
     return _cron_period(reset, zone, local)
 
 
@@ -133,10 +132,6 @@ def _midnight(day: date, zone: zoneinfo.ZoneInfo) -> datetime:
     return datetime(day.year, day.month, day.day, tzinfo=zone).astimezone(UTC).replace(tzinfo=None)
 
 
-def _period(period_id: str, start: datetime, end: datetime) -> Period:
-    return Period(id=period_id, start=start, end=end)
-
-
 def _cron_period(reset: str, zone: zoneinfo.ZoneInfo, local: datetime) -> Period:
     with_seconds = len(reset.split(" ")) == 6
     # croniter's get_prev is strictly before its base: start from just after `local`.
@@ -149,7 +144,7 @@ def _cron_period(reset: str, zone: zoneinfo.ZoneInfo, local: datetime) -> Period
     except CroniterBadCronError as error:
         raise InvalidReset(str(error)) from None
     label = f"{start:%Y-%m-%dT%H:%M:%S}" if with_seconds else f"{start:%Y-%m-%dT%H:%M}"
-    return _period(label, _utc(start), _utc(end))
+    return Period(label, _utc(start), _utc(end))
 
 
 def _utc(moment: datetime) -> datetime:
@@ -202,7 +197,6 @@ class DatabaseClock:
         self.engine = engine
         self._skew: float | None = None
         self._synced_at = 0.0
-        self._lock = threading.Lock()
 
     def now(self) -> datetime:
         """Now by the database's clock, naive UTC."""
