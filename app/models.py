@@ -78,6 +78,10 @@ class Score(db.Model):  # type: ignore[name-defined,misc]
     # what the change log says it changed, whatever ran concurrently.
     previous_total: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     previous_version: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # When the row's period ends (UTC; None on a board without resets): the
+    # upsert checks it once it holds the row's lock, so a write that waited
+    # past the end changes nothing (app.leaderboard.records).
+    period_end: Mapped[datetime | None] = mapped_column(DateTime(), nullable=True)
     # The board's order (lower is better), copied to the row for rank_key.
     ascending: Mapped[bool] = mapped_column(Boolean, server_default=false())
     # The ranking order as one string, computed by the database (a generated

@@ -8,6 +8,8 @@ and one set just after it are the same database before and after the reset.
 from __future__ import annotations
 
 import json
+import threading
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 
@@ -179,3 +181,47 @@ def test_a_submission_that_misses_its_period_is_recorded_in_the_current_one(
     assert [getattr(one, "period", None) for one in batched] == ["2026-12-03", "2026-12-03"]
     assert {row[0] for row in rows(after, board)} == {"2026-12-03"}
     assert database_now(after) >= datetime(2026, 12, 3)
+
+
+@pytest.mark.parametrize("path", ["batch", "transaction"])
+def test_a_write_that_waits_for_its_row_past_the_end_counts_in_the_next_period(
+    clocked: Callable[[datetime], Engine], board_name: str, redis_conn: redis.Redis, path: str
+) -> None:
+    """The period is checked before a write waits for its row (locked by a concurrent one) and
+    again once it holds it: a write that waited across the boundary leaves the ended period as
+    it was and counts in the new one, in the batch path and in a transaction (Idempotency-Key)."""
+    engine = clocked(datetime(2026, 12, 2, 23, 59, 59))
+    cache = BoardCache(redis_conn)
+    board, _ = registry_on(engine, board_name).put(f"{board_name}-{path}", {"reset": "daily"})
+    assert submit_score(engine, cache, Submitted(board, "alice", 1)).period == "2026-12-02"
+
+    answers: list[object] = []
+
+    def write() -> None:
+        one = Submitted(board, "alice", 5)
+        if path == "batch":
+            answers.extend(commit_submissions(engine, cache, [one]))
+        else:
+            answers.append(submit_score(engine, cache, one, "key-1"))
+
+    with engine.connect() as holder:  # a concurrent write's lock on alice's row, held past midnight
+        holder.execute(
+            text("SELECT 1 FROM scores WHERE board = :b AND user_id = 'alice' FOR UPDATE"), {"b": board.id}
+        ).all()
+        writer = threading.Thread(target=write)
+        writer.start()
+        time.sleep(0.3)
+        assert database_now(engine) < datetime(2026, 12, 3)
+        assert not answers, "the write did not wait for the row"
+        while database_now(engine) < datetime(2026, 12, 3, 0, 0, 0, 200000):
+            time.sleep(0.1)
+        holder.rollback()
+    writer.join(timeout=10)
+
+    assert [getattr(one, "period", one) for one in answers] == ["2026-12-03"]
+    assert rows(engine, board) == [("2026-12-02", "alice", 1), ("2026-12-03", "alice", 5)]
+    with engine.connect() as conn:
+        last_write = conn.execute(
+            text("SELECT reached_at FROM scores WHERE board = :b AND period = '2026-12-02'"), {"b": board.id}
+        ).scalar_one()
+    assert last_write < datetime(2026, 12, 3)

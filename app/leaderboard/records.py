@@ -50,15 +50,21 @@ IDEMPOTENCY_TTL = timedelta(hours=24)
 # One submission, in a transaction. A submission that would not change the
 # value (see app.leaderboard.rules.value_after) returns no row: its row is
 # then read as it is.
+#
+# An update checks the row's period again once it holds the row's lock ({open}):
+# a write that waited for a concurrent one past the period's end changes
+# nothing there, and is tried again in the period current then. Its time is
+# {reached}: the clock, read again after that check, kept inside the period.
 _UPSERT = """
-    INSERT INTO scores (board, period, user_id, total, reached_at, version, ascending)
-    SELECT :board, :period, :user_id, :value, {now}, {now_us}, boards.sort_order = 'asc'
-    FROM boards WHERE boards.id = :board AND boards.uid = :uid
-        AND (:period_start IS NULL OR ({now} >= :period_start AND {now} < :period_end))
+    INSERT INTO scores (board, period, user_id, total, reached_at, version, ascending, period_end)
+    SELECT :board, :period, :user_id, :value, clock.stamped_at, {now_us}, boards.sort_order = 'asc', :period_end
+    FROM (SELECT {now} AS stamped_at) AS clock, boards
+    WHERE boards.id = :board AND boards.uid = :uid
+        AND (:period_start IS NULL OR (clock.stamped_at >= :period_start AND clock.stamped_at < :period_end))
     ON CONFLICT (board, period, user_id) DO UPDATE
-    SET total = {total}, reached_at = {now}, version = {greatest}(scores.version + 1, {now_us}),
+    SET total = {total}, reached_at = {reached}, version = {greatest}(scores.version + 1, {now_us}),
         previous_total = scores.total, previous_version = scores.version
-    WHERE {changes}
+    WHERE {changes} AND {open}
     RETURNING total, reached_at, rank_key, version, previous_total, previous_version
 """
 
@@ -100,10 +106,15 @@ _AHEAD = """
 # Redis script is given. The user's own old row is not counted (after a
 # worse `set` it would rank ahead of the new value). A submission to a board
 # that is not (or no longer) there returns no row.
+#
+# The period is checked for the whole batch first, then again for each row
+# as it is written, by the clock that stamps it, and for an update once the
+# row's lock is held (as in _UPSERT): a row whose period ended meanwhile
+# is not written, and returns without `upserted` (see record_many).
 _UPSERT_MANY_AND_AHEAD = """
     WITH submitted AS (
-        SELECT submitted.board, submitted.period, submitted.user_id, submitted.value, submitted.top_n,
-               boards.sort_order = 'asc' AS ascending
+        SELECT submitted.board, submitted.period, submitted.period_end, submitted.user_id, submitted.value,
+               submitted.top_n, boards.sort_order = 'asc' AS ascending
         FROM unnest(CAST(:boards AS text[]), CAST(:uids AS text[]), CAST(:periods AS text[]),
                     CAST(:period_starts AS timestamp[]), CAST(:period_ends AS timestamp[]),
                     CAST(:user_ids AS text[]), CAST(:submitted_values AS bigint[]), CAST(:top_ns AS integer[]))
@@ -112,13 +123,15 @@ _UPSERT_MANY_AND_AHEAD = """
             AND (submitted.period_start IS NULL
                  OR ({now} >= submitted.period_start AND {now} < submitted.period_end))
     ), upserted AS (
-        INSERT INTO scores (board, period, user_id, total, reached_at, version, ascending)
-        SELECT board, period, user_id, value, {now}, {now_us}, ascending FROM submitted
-        ORDER BY board, period, user_id
+        INSERT INTO scores (board, period, user_id, total, reached_at, version, ascending, period_end)
+        SELECT board, period, user_id, value, stamped_at, {now_us}, ascending, period_end
+        FROM (SELECT *, {now} AS stamped_at
+              FROM (SELECT * FROM submitted ORDER BY board, period, user_id) AS sorted) AS stamped
+        WHERE period_end IS NULL OR stamped_at < period_end
         ON CONFLICT (board, period, user_id) DO UPDATE
-        SET total = {total}, reached_at = {now}, version = {greatest}(scores.version + 1, {now_us}),
+        SET total = {total}, reached_at = {reached}, version = {greatest}(scores.version + 1, {now_us}),
             previous_total = scores.total, previous_version = scores.version
-        WHERE {changes}
+        WHERE {changes} AND {open}
         RETURNING board, user_id, total, reached_at, rank_key, version, previous_total, previous_version
     )
     SELECT submitted.board, submitted.user_id,
@@ -160,6 +173,16 @@ _STORE_ANSWER = """
 """
 
 
+# The locked row's period has not ended, by the clock now.
+_OPEN = "(scores.period_end IS NULL OR {now} < scores.period_end)"
+# An update's time: the clock now, but never past its period's end (the check
+# above read the clock a moment before). SQLite's clock is one value through a
+# statement, and it has no lock to wait for.
+_REACHED = {
+    "postgresql": "least({now}, scores.period_end - interval '1 microsecond')",
+    "sqlite": "{now}",
+}
+
 _BUILT: dict[tuple[str, str, str, bool], str] = {}
 
 
@@ -173,7 +196,9 @@ def _statement(engine: Engine, sql: str, operator: str, ascending: bool) -> str:
     built_key = (engine.dialect.name, sql, operator, ascending)
     if built_key not in _BUILT:
         total, changes = value_after(operator, ascending)
-        _BUILT[built_key] = adapt(engine, sql.replace("{total}", total).replace("{changes}", changes))
+        sql = sql.replace("{total}", total).replace("{changes}", changes)
+        sql = sql.replace("{open}", _OPEN).replace("{reached}", _REACHED[engine.dialect.name])
+        _BUILT[built_key] = adapt(engine, sql)
     return _BUILT[built_key]
 
 
@@ -376,17 +401,32 @@ def record_many(engine: Engine, submitted: Sequence[Submitted]) -> list[Outcome]
                 row = rows.get((one.board.id, one.user_id))
                 if row is None:
                     outcomes[index] = BoardMissing(one.board.id)
-                elif not row[6] and operator == "incr":
-                    outcomes[index] = TotalTooLarge()
-                elif row[2] is None or (not row[6] and would_change(operator, ascending, row[2], one.value)):
-                    # Unchanged against a row another commit made or changed after
-                    # this statement's snapshot: read it as it is now.
-                    outcomes[index] = _read_one(engine, cursor, one)
-                else:
+                elif row[6]:
                     outcomes[index] = _recorded(
-                        row[2], row[3], row[4], row[5], row[9], one.board.top_n, row[6], row[7], row[8]
+                        row[2], row[3], row[4], row[5], row[9], one.board.top_n, True, row[7], row[8]
                     )
+                else:
+                    outcomes[index] = _unchanged(engine, cursor, one, row)
     return outcomes
+
+
+def _unchanged(engine: Engine, cursor: Any, one: Submitted, row: Any) -> Outcome:
+    """A submission of a batch that changed nothing: why, and the user's row as it stands."""
+    board = one.board
+    period_may_have_ended = board.period is not None
+    newer = row[2] is None or would_change(board.operator, board.ascending, row[2], one.value)
+    if period_may_have_ended or newer:
+        # Its period may have ended before its row was written (then the read
+        # finds it ended: BoardMissing, and the caller tries the current one),
+        # or another commit made or changed the row after this statement's
+        # snapshot: read it as it is now.
+        read = _read_one(engine, cursor, one)
+        if board.operator == "incr" and isinstance(read, Recorded):
+            return TotalTooLarge()
+        return read
+    if board.operator == "incr":
+        return TotalTooLarge()
+    return _recorded(row[2], row[3], row[4], row[5], row[9], board.top_n, False)
 
 
 def _upsert_many(
