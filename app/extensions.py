@@ -7,6 +7,7 @@ and kept in `app.extensions["redis"]`; `redis_client()` fetches it.
 from __future__ import annotations
 
 import os
+import time
 from typing import Any, cast
 
 import redis
@@ -32,9 +33,44 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
+# Tokens verified in one app, at most: the oldest is forgotten first.
+VERIFIED_TOKENS_KEPT = 10_000
+
+
+class TokenCachingJWTManager(JWTManager):
+    """flask-jwt-extended's manager, remembering each token it verified until the token's `exp`.
+
+    Checking a token (flask-jwt-extended parses it twice, then PyJWT checks
+    its signature) was a tenth of a write's CPU (docs/write-path-profile.md),
+    and a client sends the same token again and again. The exact token string, signature and
+    all, gets the claims of its first check while its `exp` is ahead; every
+    other check (a usable `sub`, JWT_MAX_LIFETIME, revocation) runs on each
+    request as before. Each app keeps its own (its own keys and settings).
+    """
+
+    def _decode_jwt_from_config(
+        self, encoded_token: str, csrf_value: Any = None, allow_expired: bool = False
+    ) -> dict[str, Any]:
+        if csrf_value is not None or allow_expired:
+            return super()._decode_jwt_from_config(encoded_token, csrf_value, allow_expired)
+        verified: dict[str, tuple[float, dict[str, Any]]] = current_app.extensions.setdefault("verified_tokens", {})
+        found = verified.get(encoded_token)
+        if found is not None:
+            if time.time() < found[0]:
+                return dict(found[1])
+            del verified[encoded_token]  # expired: PyJWT says so, with the leeway it is given
+        claims = super()._decode_jwt_from_config(encoded_token)
+        exp = claims.get("exp")
+        if isinstance(exp, int | float) and not isinstance(exp, bool):
+            if len(verified) >= VERIFIED_TOKENS_KEPT:
+                del verified[next(iter(verified))]
+            verified[encoded_token] = (float(exp), claims)
+        return dict(claims)
+
+
 db = SQLAlchemy(model_class=Base)
 migrate = Migrate()
-jwt = JWTManager()
+jwt = TokenCachingJWTManager()
 # Limits are per route and keyed per user (see app.scoring.views); nothing is
 # limited by default.
 limiter = Limiter(key_func=lambda: "", default_limits=[])

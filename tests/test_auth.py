@@ -223,3 +223,26 @@ def test_the_token_command_refuses_a_lifetime_over_the_max(make_app: Callable[..
     assert "longer than JWT_MAX_LIFETIME (1d)" in result.output
     unlimited = make_app(JWT_MAX_LIFETIME="off").test_cli_runner()
     assert unlimited.invoke(args=["token", "alice", "--expires", "365d"]).exit_code == 0
+
+
+def test_a_verified_token_is_remembered_only_until_its_exp_and_only_by_its_app(
+    make_app: Callable[..., Flask], board_state: Callable[[], Any]
+) -> None:
+    """Tokens a worker verified are taken again without a new signature check (the write path's
+    CPU), but never past their `exp`, never with another signature, and never by an app with
+    other keys."""
+    app = make_app()
+    short = make_token("alice", exp=datetime.now(UTC) + timedelta(seconds=2))
+    assert post(app, short).status_code == 200
+    assert post(app, short).status_code == 200
+    assert short in app.extensions["verified_tokens"]
+    header, payload, signature = short.split(".")
+    assert refused(post(app, f"{header}.{payload}.{signature[:-2]}{'AA' if signature[-2:] != 'AA' else 'BB'}"))
+    assert refused(post(make_app(JWT_SECRET_KEY="another-secret-of-32-bytes-or-more-0123456789"), short))
+    time.sleep(2.1)
+    before = board_state()
+    expired = post(app, short)
+    assert expired.status_code == 401
+    assert expired.get_json()["error"]["code"] == "expired_token"
+    assert short not in app.extensions["verified_tokens"]
+    assert board_state() == before
