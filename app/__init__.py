@@ -14,11 +14,12 @@ from sqlalchemy import event
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from app import auth, cli, errors, health
-from app.extensions import db, init_redis, limiter, migrate, use_sqlite_wal
+from app.extensions import db, init_redis, migrate, use_sqlite_wal
 from app.keeper import BoardKeeper
 from app.leaderboard import BoardCache, BoardDefaults, BoardRegistry
 from app.leaderboard.writes import group_commit
 from app.openapi import openapi_document
+from app.ratelimit import UserRateLimit
 from app.request_id import RequestIdFilter, init_request_id
 from config.logs import configure_logging
 from config.settings import INSTANCE_DIR, PROJECT_ROOT, Settings
@@ -34,6 +35,10 @@ def create_increment_app(settings: Settings | None = None) -> Flask:
     app = _build_app("increment", settings)
     with app.app_context():
         app.extensions["group_commit"] = group_commit(db.engine, app.extensions["board_cache"])
+    limits = app.extensions["settings"].rate_limit_per_user
+    if limits:
+        prefix = f"lb:{{{app.extensions['settings'].leaderboard_id}}}:ratelimit"
+        app.extensions["rate_limit"] = UserRateLimit(app.extensions["redis"], limits, prefix)
     app.register_blueprint(scoring_bp)
     app.register_blueprint(admin_bp)
     return app
@@ -70,7 +75,6 @@ def _build_app(name: str, settings: Settings | None) -> Flask:
             event.listen(db.engine, "connect", use_sqlite_wal)
     migrate.init_app(app, db, directory=str(MIGRATIONS_DIR))
     auth.init_auth(app)
-    limiter.init_app(app)
     client = init_redis(app.extensions, settings.redis_url, settings.redis_timeout_seconds, name)
     defaults = BoardDefaults(
         default_id=settings.leaderboard_id,

@@ -8,18 +8,15 @@ failures (see app.auth), database and Redis outages, and anything unexpected.
 from __future__ import annotations
 
 import logging
-import math
 import re
-import time
 
 import redis
 from flask import Flask, Response, jsonify
-from flask_limiter import RateLimitExceeded
 from gunicorn.http.errors import ParseException as ServerParseError
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 
-from app.extensions import db, limiter
+from app.extensions import db
 from app.leaderboard import (
     BoardImmutable,
     BoardNotFound,
@@ -100,6 +97,15 @@ class InvalidScore(APIError):
     status, code = 422, "invalid_score"
 
 
+class RateLimited(APIError):
+    status, code = 429, "rate_limited"
+
+    def __init__(self, limit: str, wait: int) -> None:
+        super().__init__(
+            f"Too many scores for this user ({limit}); retry in {wait} s.", headers={"Retry-After": str(wait)}
+        )
+
+
 class ServiceUnavailable(APIError):
     status, code = 503, "service_unavailable"
     message = "The service is temporarily unavailable; try again shortly."
@@ -142,17 +148,6 @@ def register_error_handlers(app: Flask) -> None:
         else:
             message = error.description or error.name
         return error_response(status, _HTTP_CODES.get(status, _snake(error.name)), message, headers)
-
-    @app.errorhandler(RateLimitExceeded)
-    def rate_limited(error: RateLimitExceeded) -> Response:
-        current = limiter.current_limit
-        wait = max(1, math.ceil(current.reset_at - time.time())) if current else 1
-        return error_response(
-            429,
-            "rate_limited",
-            f"Too many scores for this user ({error.description}); retry in {wait} s.",
-            {"Retry-After": str(wait)},
-        )
 
     @app.errorhandler(TotalLimitExceeded)
     def total_limit(error: TotalLimitExceeded) -> Response:

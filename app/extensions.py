@@ -13,7 +13,6 @@ from typing import Any, cast
 import redis
 from flask import current_app
 from flask_jwt_extended import JWTManager
-from flask_limiter import Limiter
 from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import MetaData
@@ -71,9 +70,6 @@ class TokenCachingJWTManager(JWTManager):
 db = SQLAlchemy(model_class=Base)
 migrate = Migrate()
 jwt = TokenCachingJWTManager()
-# Limits are per route and keyed per user (see app.scoring.views); nothing is
-# limited by default.
-limiter = Limiter(key_func=lambda: "", default_limits=[])
 
 
 def init_redis(app_extensions: dict[str, object], url: str, timeout: float, name: str) -> redis.Redis:

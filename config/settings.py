@@ -264,20 +264,6 @@ class Settings:
             "JWT_DECODE_AUDIENCE": self.jwt_audience,
             "JWT_ACCESS_TOKEN_EXPIRES": timedelta(hours=1),
             "JWT_ERROR_MESSAGE_KEY": "message",
-            "RATELIMIT_ENABLED": bool(self.rate_limit_per_user),
-            "RATELIMIT_STORAGE_URI": self.redis_url,
-            "RATELIMIT_STORAGE_OPTIONS": {
-                "socket_timeout": self.redis_timeout_seconds,
-                "socket_connect_timeout": self.redis_timeout_seconds,
-            },
-            # Counts two windows, so a burst at a window's edge cannot double the limit.
-            "RATELIMIT_STRATEGY": "sliding-window-counter",
-            "RATELIMIT_KEY_PREFIX": f"lb:{{{self.leaderboard_id}}}:ratelimit",
-            # Redis down: limit per process in memory rather than refuse every score.
-            "RATELIMIT_SWALLOW_ERRORS": True,
-            "RATELIMIT_IN_MEMORY_FALLBACK_ENABLED": True,
-            # Retry-After goes on the 429 only (app.errors), not on every answer.
-            "RATELIMIT_HEADERS_ENABLED": False,
         }
         config.update(self.extra)
         return config

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import time
+from collections.abc import Callable
+from typing import Any
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from flask_jwt_extended import jwt_required
 
 from app.auth import current_display_name, current_user_id
-from app.extensions import db, limiter
+from app.errors import RateLimited
+from app.extensions import db
 from app.leaderboard import Board, BoardNotFound, BoardRegistry, Submitted
 from app.leaderboard.writes import MAX_BOARDS_AT_ONCE, scores_answer, submit_score, submit_scores
 from app.metrics import SUBMISSIONS, WRITE_SECONDS
@@ -45,12 +49,21 @@ def record_submission(response: Response) -> Response:
     return response
 
 
-def _per_user_limit() -> str:
-    return str(current_app.extensions["settings"].rate_limit_per_user)
+def per_user(view: Callable[..., Response]) -> Callable[..., Response]:
+    """RATE_LIMIT_PER_USER: one budget per user for every route that submits (app.ratelimit).
 
+    Goes under @jwt_required, so only a good token spends its user's budget."""
 
-# One budget per user for every route that submits: counted only once the token is good.
-per_user = limiter.shared_limit(_per_user_limit, scope="scores", key_func=current_user_id)
+    @functools.wraps(view)
+    def limited(*args: Any, **kwargs: Any) -> Response:
+        rate_limit = current_app.extensions.get("rate_limit")
+        if rate_limit is not None:
+            full = rate_limit.check(current_user_id())
+            if full is not None:
+                raise RateLimited(str(full[0]), full[1])
+        return view(*args, **kwargs)
+
+    return limited
 
 
 def registry() -> BoardRegistry:
