@@ -19,7 +19,7 @@ from app.keeper import BoardKeeper
 from app.leaderboard import BoardCache, BoardDefaults, BoardRegistry
 from app.leaderboard.writes import group_commit
 from app.openapi import openapi_document
-from app.ratelimit import UserRateLimit
+from app.ratelimit import UserRateLimit, key_prefix
 from app.request_id import RequestIdFilter, init_request_id
 from config.logs import configure_logging
 from config.settings import INSTANCE_DIR, PROJECT_ROOT, Settings
@@ -35,10 +35,11 @@ def create_increment_app(settings: Settings | None = None) -> Flask:
     app = _build_app("increment", settings)
     with app.app_context():
         app.extensions["group_commit"] = group_commit(db.engine, app.extensions["board_cache"])
-    limits = app.extensions["settings"].rate_limit_per_user
-    if limits:
-        prefix = f"lb:{{{app.extensions['settings'].leaderboard_id}}}:ratelimit"
-        app.extensions["rate_limit"] = UserRateLimit(app.extensions["redis"], limits, prefix)
+    configured: Settings = app.extensions["settings"]
+    if configured.rate_limit_per_user:
+        app.extensions["rate_limit"] = UserRateLimit(
+            app.extensions["redis"], configured.rate_limit_per_user, key_prefix(configured.leaderboard_id)
+        )
     app.register_blueprint(scoring_bp)
     app.register_blueprint(admin_bp)
     return app

@@ -41,10 +41,11 @@ class TokenCachingJWTManager(JWTManager):
 
     Checking a token (flask-jwt-extended parses it twice, then PyJWT checks
     its signature) was a tenth of a write's CPU (docs/write-path-profile.md),
-    and a client sends the same token again and again. The exact token string, signature and
-    all, gets the claims of its first check while its `exp` is ahead; every
-    other check (a usable `sub`, JWT_MAX_LIFETIME, revocation) runs on each
-    request as before. Each app keeps its own (its own keys and settings).
+    and a client sends the same token again and again. The exact token
+    string, signature and all, gets the claims of its first check while its
+    `exp` is ahead; every other check (a usable `sub`, JWT_MAX_LIFETIME,
+    revocation) runs on each request as before. Each app keeps its own (its
+    own keys and settings).
     """
 
     def _decode_jwt_from_config(

@@ -70,11 +70,19 @@ return refused
 )
 
 
+def key_prefix(leaderboard_id: str) -> str:
+    """The first identifier of a deployment's rate-limit keys (as Flask-Limiter's RATELIMIT_KEY_PREFIX was)."""
+    return f"lb:{{{leaderboard_id}}}:ratelimit"
+
+
 class UserRateLimit:
     """`check(user_id)`: None when the user may go on, else the limit they are over and seconds to wait."""
 
     def __init__(self, client: redis.Redis, limits: str, prefix: str) -> None:
         self.items: list[RateLimitItem] = sorted(parse_many(limits))
+        self._args: list[int] = [len(self.items)]  # ARGV of _ACQUIRE_MANY: the same for every batch
+        for item in self.items:
+            self._args += [item.amount, item.get_expiry()]
         self.prefix = prefix
         self._script = client.register_script(_ACQUIRE_MANY)
         # The library's storage on the same connections, for the windows' state of a refused request.
@@ -120,10 +128,7 @@ class UserRateLimit:
 
     def _acquire_in_redis(self, user_ids: Sequence[str]) -> list[RateLimitItem | None]:
         keys = [key for user_id in user_ids for item in self.items for key in self._window_keys(item, user_id)]
-        args: list[int] = [len(self.items)]
-        for item in self.items:
-            args += [item.amount, item.get_expiry()]
-        refused = self._script(keys=keys, args=args)
+        refused = self._script(keys=keys, args=self._args)
         return [self.items[int(limit) - 1] if int(limit) else None for limit in refused]
 
     def _acquire_in_memory(self, user_id: str) -> RateLimitItem | None:
