@@ -76,7 +76,7 @@ def _build_app(name: str, settings: Settings | None) -> Flask:
             event.listen(db.engine, "connect", use_sqlite_wal)
     migrate.init_app(app, db, directory=str(MIGRATIONS_DIR))
     auth.init_auth(app)
-    client = init_redis(app.extensions, settings.redis_url, settings.redis_timeout_seconds, name)
+    client = init_redis(app.extensions, settings.redis, settings.redis_timeout_seconds, name)
     defaults = BoardDefaults(
         default_id=settings.leaderboard_id,
         default_channel=settings.redis_channel,

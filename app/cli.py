@@ -18,13 +18,12 @@ from datetime import timedelta
 from typing import Any
 
 import click
-import redis
 from flask import Flask, current_app
 from flask.cli import AppGroup, with_appcontext
 from sqlalchemy.orm import Session
 
 from app.auth import is_valid_user_id, mint_token
-from app.extensions import db
+from app.extensions import connect_redis, db
 from app.leaderboard import Board, BoardCache, BoardRegistry, InvalidBoard, changes
 from app.leaderboard.boards import utc_now
 from app.leaderboard.errors import BoardImmutable, BoardNotFound, BoardProtected
@@ -239,9 +238,7 @@ def changes_follow(
     board = _board(board_id)
     block_ms = 1000
     settings = current_app.extensions["settings"]
-    client = redis.Redis.from_url(
-        settings.redis_url, socket_timeout=block_ms / 1000 + settings.redis_timeout_seconds, decode_responses=True
-    )
+    client = connect_redis(settings.redis, block_ms / 1000 + settings.redis_timeout_seconds, "changes-follow")
     stopping = False
     last_news = time.monotonic()
 

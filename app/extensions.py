@@ -15,8 +15,11 @@ from flask import current_app
 from flask_jwt_extended import JWTManager
 from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
+from redis.sentinel import Sentinel
 from sqlalchemy import MetaData
 from sqlalchemy.orm import DeclarativeBase
+
+from config.redis_url import SENTINEL, SINGLE, RedisTarget
 
 # Stable constraint names, so migrations can refer to them on every database.
 NAMING_CONVENTION = {
@@ -73,24 +76,51 @@ migrate = Migrate()
 jwt = TokenCachingJWTManager()
 
 
-def init_redis(app_extensions: dict[str, object], url: str, timeout: float, name: str) -> redis.Redis:
-    """Create the app's Redis client; connections are opened lazily from its pool.
+def connect_redis(
+    target: RedisTarget, timeout: float, name: str, *, decode_responses: bool = True, health_check_interval: int = 30
+) -> redis.Redis:
+    """A client for REDIS_URL's server: one server's, or the primary the sentinels name now.
 
+    Under Sentinel, every new connection asks the sentinels for the primary,
+    so after a failover the client's next connection reaches the new one, and
+    a connection to a demoted primary is dropped on its first READONLY answer.
     Every connection is named `<name>-<pid>` (CLIENT LIST shows who holds what).
     """
-    client = redis.Redis.from_url(
-        url,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        health_check_interval=30,
-        decode_responses=True,
-        client_name=f"{name}-{os.getpid()}",
-    )
+    options: dict[str, Any] = {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        "health_check_interval": health_check_interval,
+        "decode_responses": decode_responses,
+        "client_name": f"{name}-{os.getpid()}",
+    }
+    if target.mode == SENTINEL:
+        sentinels = Sentinel(  # type: ignore[no-untyped-call]
+            list(target.nodes), sentinel_kwargs={"socket_timeout": timeout, "socket_connect_timeout": timeout}
+        )
+        primary = sentinels.master_for(  # type: ignore[no-untyped-call]
+            target.service, db=target.db, username=target.username, password=target.password, **options
+        )
+        return cast(redis.Redis, primary)
+    if target.mode != SINGLE:
+        raise NotImplementedError(f"REDIS_URL: {target.mode} is not supported yet")
+    return redis.Redis.from_url(target.url, **options)
+
+
+def sentinel_primary(client: redis.Redis) -> str:
+    """host:port of the primary the sentinels name now; redis.RedisError when none answers."""
+    pool: Any = client.connection_pool
+    host, port = pool.get_master_address()
+    return f"{host}:{port}"
+
+
+def init_redis(app_extensions: dict[str, object], target: RedisTarget, timeout: float, name: str) -> redis.Redis:
+    """Create the app's Redis client; connections are opened lazily from its pool."""
+    client = connect_redis(target, timeout, name)
     app_extensions["redis"] = client
     return client
 
 
-def init_hub_redis(app_extensions: dict[str, object], url: str, timeout: float) -> redis.Redis:
+def init_hub_redis(app_extensions: dict[str, object], target: RedisTarget, timeout: float) -> redis.Redis:
     """The board hub's own client, for its one Pub/Sub connection.
 
     Bytes, not text: redis-py turns a PONG into a message only then, and the
@@ -98,14 +128,7 @@ def init_hub_redis(app_extensions: dict[str, object], url: str, timeout: float) 
     own: the hub sends its own, from one greenlet, so no two ever write to the
     connection at once.
     """
-    client = redis.Redis.from_url(
-        url,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        health_check_interval=0,
-        decode_responses=False,
-        client_name=f"board-hub-{os.getpid()}",
-    )
+    client = connect_redis(target, timeout, "board-hub", decode_responses=False, health_check_interval=0)
     app_extensions["hub_redis"] = client
     return client
 

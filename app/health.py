@@ -11,8 +11,9 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.errors import error_response
-from app.extensions import db, redis_client
+from app.extensions import db, redis_client, sentinel_primary
 from app.metrics import render
+from config.redis_url import SENTINEL
 
 bp = Blueprint("health", __name__)
 
@@ -43,11 +44,23 @@ def readyz() -> Response:
     except SQLAlchemyError:
         db.session.rollback()
         checks["database"] = "unavailable"
+    failing = []
+    if checks["database"] != "ok":
+        failing.append("database")
+    sentinel = current_app.extensions["settings"].redis.mode == SENTINEL
     try:
-        redis_client().ping()
+        server = sentinel_primary(redis_client()) if sentinel else ""
     except redis.RedisError:
         checks["redis"] = "unavailable"
-    failing = [name for name, state in checks.items() if state != "ok"]
+        failing.append("redis (no sentinel names a primary that answers)")
+    else:
+        try:
+            redis_client().ping()
+        except redis.RedisError:
+            checks["redis"] = "unavailable"
+            failing.append(f"redis (the primary at {server})" if server else "redis")
+        if sentinel:
+            checks["redisPrimary"] = server
     if failing:
         return error_response(503, "not_ready", f"Unavailable: {', '.join(failing)}.", {"Retry-After": "1"})
     return jsonify({"status": "ready", **checks})

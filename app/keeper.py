@@ -11,6 +11,10 @@
   looked at within minutes even if the process that lost its update died.
   So the live boards converge to SQL within a few seconds of Redis
   answering again, with no operator action and no write needed.
+- When another Redis server answers than in the last round (a Sentinel or
+  Cluster failover promoted a replica that may lack the last writes, or Redis
+  restarted from an older save), every board is compared with SQL at once,
+  and each that differs is rebuilt then, not a round later.
 - At each period's end on a board with resets (it wakes for it), it switches
   the live board to the new period: Redis is rebuilt from SQL for that period
   (empty, or holding what was already submitted in it) and published, so
@@ -89,6 +93,7 @@ class BoardKeeper:
         self._started = time.monotonic()
         self._greenlet: gevent.Greenlet[Any] | None = None
         self._failing_since: float | None = None
+        self._server: str | None = None  # the run id of the Redis server that answered last
 
     def start(self) -> None:
         if self._greenlet is None or self._greenlet.dead:
@@ -128,6 +133,11 @@ class BoardKeeper:
         self._rounds += 1
         by_id = {board.id: board for board in self._boards}
         outcome: dict[str, str] = self.switch_periods()
+        server = self.cache.server_identity()
+        if self._server is not None and server != self._server:
+            log.warning("Redis is another server now (a failover or a restart): every board compared with SQL")
+            outcome |= {board.id: self.check(board, at_once=True) for board in self._boards if board.id not in outcome}
+        self._server = server  # after the comparison: one cut short by a failure is made again next round
         if self._rounds % ALL_BOARDS_EVERY == 1 or len(self._boards) == 1:
             built = self.cache.built(self._boards)
             for board in self._boards:
@@ -172,12 +182,18 @@ class BoardKeeper:
         self._sweep_at = start + SWEEP_PER_ROUND
         return [board.id for board in taken]
 
-    def check(self, board: Board) -> str:
-        """Compare one board with SQL: "ok", "watching" (a difference seen once) or "rebuilt"."""
+    def check(self, board: Board, *, at_once: bool = False) -> str:
+        """Compare one board with SQL: "ok", "watching" (a difference seen once) or "rebuilt".
+
+        A difference is rebuilt when the next check sees it again (the first
+        may be a write on its way), or `at_once` (Redis lost writes, surely).
+        """
         with Session(self.engine) as session:
             drift = board_drift(session, self.cache, board)
         if drift is None:
             return self._rebuild(board, "missing", "missing from Redis")
+        if drift and at_once:
+            return self._rebuild(board, "failover", f"{len(drift)} entries wrong in Redis after it changed servers")
         suspects = self._suspects.get(board.id, set())
         if not (drift & suspects):
             if drift:

@@ -17,6 +17,8 @@ from typing import Any
 
 from limits import parse_many
 
+from config.redis_url import BadRedisUrl, RedisTarget, parse_redis_url
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # Flask-SQLAlchemy puts relative SQLite paths under the app's instance folder.
 INSTANCE_DIR = PROJECT_ROOT / "instance"
@@ -131,6 +133,11 @@ class Settings:
     pg_options: str = ""
     extra: Mapping[str, Any] = field(default_factory=dict)
 
+    @property
+    def redis(self) -> RedisTarget:
+        """Where REDIS_URL points: one server, Sentinel or Cluster."""
+        return parse_redis_url(self.redis_url)
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Build settings from `environ` (default: the process environment)."""
@@ -140,7 +147,7 @@ class Settings:
         settings = cls(
             env=app_env,
             database_url=normalize_database_url(reader.text("DATABASE_URL", cls.database_url)),
-            redis_url=reader.text("REDIS_URL", cls.redis_url),
+            redis_url=reader.redis_url("REDIS_URL", cls.redis_url),
             leaderboard_id=reader.matching("LEADERBOARD_ID", cls.leaderboard_id, _BOARD_ID),
             redis_channel=reader.text("REDIS_CHANNEL", cls.redis_channel),
             top_n=reader.integer("TOP_N", cls.top_n, low=1, high=1000),
@@ -359,6 +366,15 @@ class _Reader:
         if value not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
             raise ConfigError(f"{name}={raw!r} is not true or false")
         return value in ("1", "true", "yes", "on")
+
+    def redis_url(self, name: str, default: str) -> str:
+        """One server's URL, or a Sentinel or Cluster URL (config.redis_url)."""
+        value = self.text(name, default)
+        try:
+            parse_redis_url(value)
+        except BadRedisUrl as error:
+            raise ConfigError(f"{name}: {error}") from None
+        return value
 
     def rate_limits(self, name: str, default: str) -> str:
         """Limits like "10/second;300/minute" (checked by the `limits` library); "off" disables."""

@@ -23,18 +23,20 @@ from tests.servers import free_port
 class PrivateRedis:
     """A redis-server without persistence: a restart comes back empty, as the spec's worst case."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, replica_of: PrivateRedis | None = None) -> None:
         self.port = free_port()
         self.workdir = workdir
+        self.replica_of = replica_of
         self.process: subprocess.Popen[bytes] | None = None
         self.url = f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> PrivateRedis:
         binary = shutil.which("redis-server")
         assert binary, "redis-server is needed (scripts/ensure-services.sh installs it)"
+        replication = ["--replicaof", "127.0.0.1", str(self.replica_of.port)] if self.replica_of else []
         self.process = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.workdir)],
+             "--dir", str(self.workdir), *replication],
             stdout=subprocess.DEVNULL,
         )  # fmt: skip
         client = redis.Redis(port=self.port)
@@ -59,6 +61,83 @@ class PrivateRedis:
 
     def client(self) -> redis.Redis:
         return redis.Redis(port=self.port, decode_responses=True)
+
+
+class PrivateSentinels:
+    """A primary, its replica and three sentinels watching them, all on loopback.
+
+    The sentinels call the primary down after `down_after_ms` without an
+    answer and promote the replica (a quorum of two agrees).
+    """
+
+    SERVICE = "lbprimary"
+
+    def __init__(self, workdir: Path, down_after_ms: int = 1000) -> None:
+        self.workdir = workdir
+        self.down_after_ms = down_after_ms
+        self.primary = PrivateRedis(self._dir("primary"))
+        self.replica = PrivateRedis(self._dir("replica"), replica_of=self.primary)
+        self.sentinel_ports = [free_port() for _ in range(3)]
+        self.sentinels: list[subprocess.Popen[bytes]] = []
+        hosts = ",".join(f"127.0.0.1:{port}" for port in self.sentinel_ports)
+        self.url = f"redis+sentinel://{hosts}/{self.SERVICE}/0"
+
+    def _dir(self, name: str) -> Path:
+        path = self.workdir / name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def start(self) -> PrivateSentinels:
+        self.primary.start()
+        self.replica.start()
+        replica = self.replica.client()
+        assert wait_until(lambda: replica.info("replication").get("master_link_status") == "up", timeout=10)
+        replica.close()
+        binary = shutil.which("redis-server")
+        assert binary
+        for index, port in enumerate(self.sentinel_ports):
+            config = self._dir(f"sentinel{index}") / "sentinel.conf"  # sentinels rewrite their own file
+            config.write_text(
+                f"port {port}\nbind 127.0.0.1\ndir {config.parent}\n"
+                f"sentinel monitor {self.SERVICE} 127.0.0.1 {self.primary.port} 2\n"
+                f"sentinel down-after-milliseconds {self.SERVICE} {self.down_after_ms}\n"
+                f"sentinel failover-timeout {self.SERVICE} 10000\n"
+                f"sentinel parallel-syncs {self.SERVICE} 1\n"
+            )
+            self.sentinels.append(subprocess.Popen([binary, str(config), "--sentinel"], stdout=subprocess.DEVNULL))
+        # Ready when every sentinel knows the replica and the two others.
+        assert wait_until(lambda: all(self._sentinel_sees_all(port) for port in self.sentinel_ports), timeout=20)
+        return self
+
+    def _sentinel_sees_all(self, port: int) -> bool:
+        client = redis.Redis(port=port, decode_responses=True)
+        try:
+            primary = client.sentinel_master(self.SERVICE)
+            return int(primary["num-slaves"]) == 1 and int(primary["num-other-sentinels"]) == 2
+        except redis.RedisError:
+            return False
+        finally:
+            client.close()
+
+    def primary_port(self) -> int | None:
+        """The port of the primary the sentinels name now (None while none of them answers)."""
+        for port in self.sentinel_ports:
+            client = redis.Redis(port=port, decode_responses=True)
+            try:
+                return int(client.sentinel_get_master_addr_by_name(self.SERVICE)[1])
+            except (redis.RedisError, TypeError):
+                continue
+            finally:
+                client.close()
+        return None
+
+    def stop(self) -> None:
+        for process in self.sentinels:
+            process.kill()
+            process.wait()
+        self.sentinels = []
+        self.replica.stop()
+        self.primary.stop()
 
 
 def _redis_answers(client: redis.Redis) -> bool:

@@ -7,13 +7,11 @@ servers are never touched.
 
 from __future__ import annotations
 
-import random
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pytest
 import requests
@@ -23,6 +21,7 @@ from sqlalchemy.engine import Engine
 from app.leaderboard import BoardKeys
 from config.settings import normalize_database_url
 from tests.conftest import auth, wait_until
+from tests.load import Load
 from tests.private_servers import PrivatePostgres, PrivateRedis
 from tests.servers import GunicornServer, flask_db_upgrade
 from tests.sse_client import Swarm
@@ -68,9 +67,12 @@ class Stack:
         except Exception:
             return False
 
-    def post(self, user: str, score: int, key: str | None = None, timeout: float = 10) -> requests.Response:
+    def post(
+        self, user: str, score: int, key: str | None = None, timeout: float = 10, board: str | None = None
+    ) -> requests.Response:
         headers = auth(user) | ({"Idempotency-Key": key} if key else {})
-        return requests.post(f"{self.increment.url}/score", json={"score": score}, headers=headers, timeout=timeout)
+        path = f"/boards/{board}/score" if board else "/score"
+        return requests.post(f"{self.increment.url}{path}", json={"score": score}, headers=headers, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -184,58 +186,6 @@ def test_a_postgres_restart_between_requests_costs_no_request(stack: Stack) -> N
     statuses = [stack.post("gil", 1).status_code for _ in range(30)]
     assert statuses == [200] * 30, statuses
     assert dict(stack.sql_top(100))["gil"] == 30
-
-
-@dataclass
-class Submission:
-    user: str
-    score: int
-    key: str | None
-    acked: bool = False
-    attempts: int = 0
-    total: int | None = None  # the answer's new total
-
-
-@dataclass
-class Load:
-    """Writers that retry every submission with its Idempotency-Key until it gets a 200,
-    or, `keyed=False`, send each once without a key (group commit's path)."""
-
-    stack: Stack
-    users: list[str]
-    keyed: bool = True
-    submissions: list[Submission] = field(default_factory=list)
-    statuses: dict[int | str, int] = field(default_factory=dict)
-    stop: threading.Event = field(default_factory=threading.Event)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def submit_until_acked(self, submission: Submission, deadline: float) -> None:
-        while not submission.acked and time.monotonic() < deadline:
-            submission.attempts += 1
-            try:
-                answer = self.stack.post(submission.user, submission.score, submission.key, timeout=10)
-                status: int | str = answer.status_code
-            except requests.RequestException as exc:
-                status = type(exc).__name__
-            with self.lock:
-                self.statuses[status] = self.statuses.get(status, 0) + 1
-            if status == 200:
-                submission.acked = True
-                submission.total = answer.json()["score"]
-            else:
-                assert status in (503, "ConnectionError", "ReadTimeout"), f"unexpected answer {status}"
-                time.sleep(random.uniform(0.05, 0.3))
-                if submission.key is None:
-                    return  # without a key a retry could count twice: the client gives up
-
-    def writer(self, seed: int) -> None:
-        rng = random.Random(seed)
-        while not self.stop.is_set():
-            key = uuid.uuid4().hex if self.keyed else None
-            submission = Submission(rng.choice(self.users), rng.randint(1, 500), key)
-            with self.lock:
-                self.submissions.append(submission)
-            self.submit_until_acked(submission, deadline=time.monotonic() + 30)
 
 
 def test_nothing_accepted_is_lost_or_counted_twice_when_redis_then_postgres_go_down_under_load(stack: Stack) -> None:

@@ -34,7 +34,7 @@ def init_board(app: Flask, settings: Settings, registry: BoardRegistry, cache: B
         return raw
 
     app.extensions["board_hub"] = BoardHub(
-        init_hub_redis(app.extensions, settings.redis_url, settings.redis_timeout_seconds),
+        init_hub_redis(app.extensions, settings.redis, settings.redis_timeout_seconds),
         load_latest,
         max_viewers=settings.sse_max_viewers,
         max_viewers_per_ip=settings.sse_max_viewers_per_ip,

@@ -566,6 +566,10 @@ class BoardCache:
             pending = missing
         return [ApplyResult(status=status, version=int(version) if version else None) for status, version in results]
 
+    def server_identity(self) -> str:
+        """Which Redis server answers: its run id, another one after a failover or a restart."""
+        return str(self.redis.info("server")["run_id"])
+
     def is_built(self, board: Board) -> bool:
         """Whether Redis holds this board, built from this board's SQL in its period (else rebuild it)."""
         version, origin = self.redis.mget(board.keys.version, board.keys.origin)
