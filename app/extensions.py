@@ -19,7 +19,7 @@ from redis.sentinel import Sentinel
 from sqlalchemy import MetaData
 from sqlalchemy.orm import DeclarativeBase
 
-from config.redis_url import SENTINEL, SINGLE, RedisTarget
+from config.redis_url import SENTINEL, RedisTarget
 
 # Stable constraint names, so migrations can refer to them on every database.
 NAMING_CONVENTION = {
@@ -101,8 +101,6 @@ def connect_redis(
             target.service, db=target.db, username=target.username, password=target.password, **options
         )
         return cast(redis.Redis, primary)
-    if target.mode != SINGLE:
-        raise NotImplementedError(f"REDIS_URL: {target.mode} is not supported yet")
     return redis.Redis.from_url(target.url, **options)
 
 

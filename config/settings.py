@@ -17,7 +17,7 @@ from typing import Any
 
 from limits import parse_many
 
-from config.redis_url import BadRedisUrl, RedisTarget, parse_redis_url
+from config.redis_url import CLUSTER, BadRedisUrl, RedisTarget, parse_redis_url
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # Flask-SQLAlchemy puts relative SQLite paths under the app's instance folder.
@@ -193,6 +193,8 @@ class Settings:
 
     def check(self) -> None:
         """Refuse combinations that would only fail later, at request time."""
+        if self.redis.mode == CLUSTER:
+            raise ConfigError("REDIS_URL: Redis Cluster is not supported yet (one server or Sentinel)")
         if self.jwt_algorithm == "RS256" and not self.jwt_public_key:
             raise ConfigError("JWT_ALGORITHM=RS256 needs JWT_PUBLIC_KEY (a PEM public key)")
         if self.jwt_algorithm == "HS256":

@@ -34,6 +34,8 @@ wait_for() {  # host port name
 
 ensure_redis() {
     local url="${1:-${REDIS_URL:-redis://127.0.0.1:6379/0}}"
+    # Sentinel and Cluster are the operator's servers: never started here.
+    case "$url" in redis+*) return 0;; esac
     local hostport="${url#*://}"; hostport="${hostport#*@}"; hostport="${hostport%%/*}"
     local host="${hostport%%:*}" port="${hostport##*:}"
     [ "$port" = "$hostport" ] && port=6379

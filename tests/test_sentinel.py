@@ -19,6 +19,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 
 from app.leaderboard import BoardKeys
+from app.ratelimit import key_prefix
 from config.settings import normalize_database_url
 from tests.conftest import auth, wait_until
 from tests.load import Load
@@ -125,8 +126,12 @@ def test_both_services_find_the_primary_through_the_sentinels(stack: SentinelSta
             == [{"rank": 1, "userId": "first", "score": 5}]
         )
     )
-    names = {client["name"].rsplit("-", 1)[0] for client in stack.primary().client_list()}
+    primary_client = stack.primary()
+    names = {client["name"].rsplit("-", 1)[0] for client in primary_client.client_list()}
     assert {"increment", "board", "board-hub"} <= names, names
+    # The rate limit counts on the same primary.
+    assert list(primary_client.scan_iter(match=f"*{key_prefix(stack.default_board)}*first*"))
+    primary_client.close()
 
 
 def test_a_killed_primary_loses_no_write_and_both_services_follow_the_promoted_replica(

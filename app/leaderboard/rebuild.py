@@ -58,7 +58,7 @@ def rebuild_board(
     the merge restores it; later writes apply their own script after ours.
     `updated`, when a write triggered the rebuild, is named in the message.
     `removals` are users just deleted from SQL: their late writes stay out.
-    `reason` labels the rebuild in the metrics (missing, period, drift, manual, removal); a
+    `reason` labels the rebuild in the metrics (missing, period, drift, failover, manual, removal); a
     "missing" board (or a new "period") that another process rebuilt meanwhile is not replaced again.
     """
     REBUILDS.labels(reason).inc()
