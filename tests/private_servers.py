@@ -140,6 +140,83 @@ class PrivateSentinels:
         self.primary.stop()
 
 
+class PrivateCluster:
+    """A Redis Cluster of three primaries, each with one replica, on loopback (`redis-cli --cluster create`)."""
+
+    def __init__(self, workdir: Path, node_timeout_ms: int = 1000) -> None:
+        self.workdir = workdir
+        self.node_timeout_ms = node_timeout_ms
+        self.ports = [free_port() for _ in range(6)]
+        self.processes: dict[int, subprocess.Popen[bytes]] = {}
+        self.url = "redis+cluster://" + ",".join(f"127.0.0.1:{port}" for port in self.ports[:3])
+
+    def start(self) -> PrivateCluster:
+        binary = shutil.which("redis-server")
+        assert binary, "redis-server is needed (scripts/ensure-services.sh installs it)"
+        for port in self.ports:
+            folder = self.workdir / str(port)
+            folder.mkdir(parents=True, exist_ok=True)
+            self.processes[port] = subprocess.Popen(
+                [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                 "--dir", str(folder), "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                 "--cluster-node-timeout", str(self.node_timeout_ms)],
+                stdout=subprocess.DEVNULL,
+            )  # fmt: skip
+        for port in self.ports:
+            client = redis.Redis(port=port)
+            assert wait_until(lambda client=client: _redis_answers(client), timeout=10), "redis-server did not start"
+            client.close()
+        nodes = [f"127.0.0.1:{port}" for port in self.ports]
+        subprocess.run(
+            ["redis-cli", "--cluster", "create", *nodes, "--cluster-replicas", "1", "--cluster-yes"],
+            check=True,
+            capture_output=True,
+        )
+        assert wait_until(self._formed, timeout=30), "the cluster did not form"
+        return self
+
+    def _formed(self) -> bool:
+        for port in self.ports:
+            client = redis.Redis(port=port, decode_responses=True)
+            try:
+                info = client.cluster("INFO")
+                if info["cluster_state"] != "ok" or int(info["cluster_known_nodes"]) != 6:
+                    return False
+            except redis.RedisError:
+                return False
+            finally:
+                client.close()
+        return True
+
+    def client(self, port: int) -> redis.Redis:
+        return redis.Redis(port=port, decode_responses=True)
+
+    def primaries(self) -> list[int]:
+        """The ports of the nodes that are primaries now."""
+        found = []
+        for port, process in self.processes.items():
+            if process.poll() is not None:
+                continue
+            client = self.client(port)
+            try:
+                if client.info("replication")["role"] == "master":
+                    found.append(port)
+            finally:
+                client.close()
+        return sorted(found)
+
+    def kill(self, port: int) -> None:
+        process = self.processes[port]
+        process.kill()
+        process.wait()
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+
 def _redis_answers(client: redis.Redis) -> bool:
     try:
         return bool(client.ping())
