@@ -147,18 +147,27 @@ class PrivateCluster:
         self.workdir = workdir
         self.node_timeout_ms = node_timeout_ms
         self.ports = [free_port() for _ in range(6)]
+        self.bus_ports = [free_port() for _ in range(6)]  # set, not port + 10000 (past 65535 for a high port)
         self.processes: dict[int, subprocess.Popen[bytes]] = {}
         self.url = "redis+cluster://" + ",".join(f"127.0.0.1:{port}" for port in self.ports[:3])
 
     def start(self) -> PrivateCluster:
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self) -> None:
         binary = shutil.which("redis-server")
         assert binary, "redis-server is needed (scripts/ensure-services.sh installs it)"
-        for port in self.ports:
+        for port, bus_port in zip(self.ports, self.bus_ports, strict=True):
             folder = self.workdir / str(port)
             folder.mkdir(parents=True, exist_ok=True)
             self.processes[port] = subprocess.Popen(
                 [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                 "--dir", str(folder), "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                 "--dir", str(folder), "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-port", str(bus_port),
                  "--cluster-node-timeout", str(self.node_timeout_ms)],
                 stdout=subprocess.DEVNULL,
             )  # fmt: skip
@@ -173,7 +182,6 @@ class PrivateCluster:
             capture_output=True,
         )
         assert wait_until(self._formed, timeout=30), "the cluster did not form"
-        return self
 
     def _formed(self) -> bool:
         for port in self.ports:
