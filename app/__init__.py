@@ -16,12 +16,13 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from app import auth, cli, errors, health
 from app.extensions import db, init_redis, migrate, use_sqlite_wal
 from app.keeper import BoardKeeper
-from app.leaderboard import BoardCache, BoardDefaults, BoardRegistry
+from app.leaderboard import BoardCache, BoardDefaults, BoardRegistry, channel_for
 from app.leaderboard.writes import group_commit
 from app.openapi import openapi_document
 from app.ratelimit import UserRateLimit, key_prefix
 from app.request_id import RequestIdFilter, init_request_id
 from config.logs import configure_logging
+from config.redis_url import CLUSTER
 from config.settings import INSTANCE_DIR, PROJECT_ROOT, Settings
 
 MIGRATIONS_DIR = PROJECT_ROOT / "migrations"
@@ -38,7 +39,10 @@ def create_increment_app(settings: Settings | None = None) -> Flask:
     configured: Settings = app.extensions["settings"]
     if configured.rate_limit_per_user:
         app.extensions["rate_limit"] = UserRateLimit(
-            app.extensions["redis"], configured.rate_limit_per_user, key_prefix(configured.leaderboard_id)
+            app.extensions["redis"],
+            configured.rate_limit_per_user,
+            key_prefix(configured.leaderboard_id),
+            cluster_url=configured.redis.url if configured.redis.mode == CLUSTER else "",
         )
     app.register_blueprint(scoring_bp)
     app.register_blueprint(admin_bp)
@@ -79,7 +83,10 @@ def _build_app(name: str, settings: Settings | None) -> Flask:
     client = init_redis(app.extensions, settings.redis, settings.redis_timeout_seconds, name)
     defaults = BoardDefaults(
         default_id=settings.leaderboard_id,
-        default_channel=settings.redis_channel,
+        # On a cluster, the default board's channel shares its keys' hash tag (SPUBLISH from its script).
+        default_channel=channel_for(settings.leaderboard_id)
+        if settings.redis.mode == CLUSTER
+        else settings.redis_channel,
         top_n=settings.top_n,
         max_increment=settings.score_max_increment,
     )

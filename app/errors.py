@@ -13,6 +13,7 @@ import re
 import redis
 from flask import Flask, Response, jsonify
 from gunicorn.http.errors import ParseException as ServerParseError
+from redis.exceptions import RedisClusterException
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 
@@ -196,7 +197,8 @@ def register_error_handlers(app: Flask) -> None:
         )
 
     @app.errorhandler(redis.RedisError)
-    def redis_error(error: redis.RedisError) -> Response:
+    @app.errorhandler(RedisClusterException)
+    def redis_error(error: Exception) -> Response:
         log.warning("redis unavailable: %s", error.__class__.__name__)
         return error_response(
             503, "redis_unavailable", "Redis is unavailable; try again shortly.", {"Retry-After": "1"}

@@ -15,11 +15,12 @@ from flask import current_app
 from flask_jwt_extended import JWTManager
 from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
+from redis.cluster import ClusterNode, RedisCluster
 from redis.sentinel import Sentinel
 from sqlalchemy import MetaData
 from sqlalchemy.orm import DeclarativeBase
 
-from config.redis_url import SENTINEL, RedisTarget
+from config.redis_url import CLUSTER, SENTINEL, RedisTarget
 
 # Stable constraint names, so migrations can refer to them on every database.
 NAMING_CONVENTION = {
@@ -79,11 +80,16 @@ jwt = TokenCachingJWTManager()
 def connect_redis(
     target: RedisTarget, timeout: float, name: str, *, decode_responses: bool = True, health_check_interval: int = 30
 ) -> redis.Redis:
-    """A client for REDIS_URL's server: one server's, or the primary the sentinels name now.
+    """A client for REDIS_URL's server: one server's, the primary the sentinels name now, or a cluster's.
 
     Under Sentinel, every new connection asks the sentinels for the primary,
     so after a failover the client's next connection reaches the new one, and
     a connection to a demoted primary is dropped on its first READONLY answer.
+    On a cluster, redis-py's cluster client sends each command to the primary
+    of its key's slot (every board's keys share one, through the board's hash
+    tag), learns the slots from any node that answers, and learns them again
+    on a MOVED answer or a lost node, so it follows a replica's promotion;
+    it answers the key commands the app uses as a `redis.Redis` does.
     Every connection is named `<name>-<pid>` (CLIENT LIST shows who holds what).
     """
     options: dict[str, Any] = {
@@ -101,7 +107,32 @@ def connect_redis(
             target.service, db=target.db, username=target.username, password=target.password, **options
         )
         return cast(redis.Redis, primary)
+    if target.mode == CLUSTER:
+        del options["health_check_interval"]  # not the cluster client's: it checks on a failing command
+        seeds = [ClusterNode(host, port) for host, port in target.nodes]  # type: ignore[no-untyped-call]
+        cluster = RedisCluster(
+            startup_nodes=seeds,
+            username=target.username,
+            password=target.password,
+            require_full_coverage=True,
+            **options,
+        )
+        return cast(redis.Redis, cluster)
     return redis.Redis.from_url(target.url, **options)
+
+
+def is_cluster(client: object) -> bool:
+    """Whether `client` is redis-py's cluster client (REDIS_URL=redis+cluster://...)."""
+    return isinstance(client, RedisCluster)
+
+
+def cluster_primaries(client: redis.Redis, *, refresh: bool = False) -> list[tuple[str, redis.Redis]]:
+    """A cluster's primaries as its client knows them (`refresh`: as a node says they are now):
+    (host:port, a client of that node alone)."""
+    cluster = cast(RedisCluster, client)
+    if refresh:
+        cluster.nodes_manager.initialize()
+    return [(node.name, cluster.get_redis_connection(node)) for node in cluster.get_primaries()]  # type: ignore[no-untyped-call]
 
 
 def sentinel_primary(client: redis.Redis) -> str:

@@ -37,13 +37,12 @@ import time
 from typing import Any
 
 import gevent
-import redis
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from app.leaderboard.boards import Board, BoardRegistry
-from app.leaderboard.cache import BoardCache
+from app.leaderboard.cache import REDIS_ERRORS, BoardCache
 from app.leaderboard.ranks import (
     COMPACT_AT_AGE_SECONDS,
     COMPACT_AT_BACKLOG,
@@ -109,7 +108,7 @@ class BoardKeeper:
                 if self._rounds % COMPACTION_CHECK_EVERY == 0:
                     self.compact_rank_indexes_if_due()
                 self._failing_since = None
-            except (redis.RedisError, SQLAlchemyError) as exc:
+            except (*REDIS_ERRORS, SQLAlchemyError) as exc:
                 # An outage: say so once, then keep trying quietly.
                 if self._failing_since is None:
                     self._failing_since = time.monotonic()

@@ -30,10 +30,11 @@ from collections.abc import Sequence
 
 import redis
 from limits import RateLimitItem, parse_many
-from limits.storage import MemoryStorage, RedisStorage
+from limits.storage import MemoryStorage, RedisClusterStorage, RedisStorage
 from limits.strategies import SlidingWindowCounterRateLimiter
 
 from app.batching import GroupCommit
+from app.leaderboard.cache import REDIS_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -78,15 +79,25 @@ def key_prefix(leaderboard_id: str) -> str:
 class UserRateLimit:
     """`check(user_id)`: None when the user may go on, else the limit they are over and seconds to wait."""
 
-    def __init__(self, client: redis.Redis, limits: str, prefix: str) -> None:
+    def __init__(self, client: redis.Redis, limits: str, prefix: str, *, cluster_url: str = "") -> None:
+        """`client` is the app's; `cluster_url` is REDIS_URL when it names a cluster (the library's
+        cluster storage is built from it: a `redis+cluster://` URL is the library's form too).
+
+        A user's keys all share the prefix's hash tag, so on a cluster every
+        window of a batch lives on one shard and the batch is one call there.
+        """
         self.items: list[RateLimitItem] = sorted(parse_many(limits))
         self._args: list[int] = [len(self.items)]  # ARGV of _ACQUIRE_MANY: the same for every batch
         for item in self.items:
             self._args += [item.amount, item.get_expiry()]
         self.prefix = prefix
         self._script = client.register_script(_ACQUIRE_MANY)
-        # The library's storage on the same connections, for the windows' state of a refused request.
-        self._storage = RedisStorage("redis://", connection_pool=client.connection_pool)
+        # The library's storage on the same Redis, for the windows' state of a refused request.
+        self._storage: RedisStorage = (
+            RedisClusterStorage(cluster_url)
+            if cluster_url
+            else RedisStorage("redis://", connection_pool=client.connection_pool)
+        )
         self._in_redis = SlidingWindowCounterRateLimiter(self._storage)
         self._in_memory = SlidingWindowCounterRateLimiter(MemoryStorage())
         self._retry_redis_at = 0.0
@@ -119,7 +130,7 @@ class UserRateLimit:
         if time.monotonic() >= self._retry_redis_at:
             try:
                 refused = self._acquire_in_redis(user_ids)
-            except redis.RedisError as error:
+            except REDIS_ERRORS as error:
                 self._redis_failed(error)
             else:
                 self._retry_after = REDIS_RETRY_SECONDS
@@ -137,7 +148,7 @@ class UserRateLimit:
                 return item
         return None
 
-    def _redis_failed(self, error: redis.RedisError) -> None:
+    def _redis_failed(self, error: Exception) -> None:
         with self._lock:
             if time.monotonic() < self._retry_redis_at:
                 return
@@ -154,6 +165,6 @@ class UserRateLimit:
         limiter = self._in_memory if time.monotonic() < self._retry_redis_at else self._in_redis
         try:
             reset = limiter.get_window_stats(item, *self._identifiers(user_id)).reset_time
-        except redis.RedisError:
+        except REDIS_ERRORS:
             return 1
         return max(1, math.ceil(int(reset + 1) - time.time()))

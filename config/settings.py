@@ -193,8 +193,11 @@ class Settings:
 
     def check(self) -> None:
         """Refuse combinations that would only fail later, at request time."""
-        if self.redis.mode == CLUSTER:
-            raise ConfigError("REDIS_URL: Redis Cluster is not supported yet (one server or Sentinel)")
+        if self.redis.mode == CLUSTER and self.board_transport == "streams":
+            raise ConfigError(
+                "BOARD_TRANSPORT=streams follows every board on one connection, which a cluster's "
+                "boards on several shards do not allow: use BOARD_TRANSPORT=pubsub (sharded Pub/Sub) on a cluster"
+            )
         if self.jwt_algorithm == "RS256" and not self.jwt_public_key:
             raise ConfigError("JWT_ALGORITHM=RS256 needs JWT_PUBLIC_KEY (a PEM public key)")
         if self.jwt_algorithm == "HS256":

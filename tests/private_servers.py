@@ -167,7 +167,8 @@ class PrivateCluster:
             folder.mkdir(parents=True, exist_ok=True)
             self.processes[port] = subprocess.Popen(
                 [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                 "--dir", str(folder), "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-port", str(bus_port),
+                 "--dir", str(folder), "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                 "--cluster-port", str(bus_port),
                  "--cluster-node-timeout", str(self.node_timeout_ms)],
                 stdout=subprocess.DEVNULL,
             )  # fmt: skip

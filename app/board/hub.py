@@ -19,6 +19,14 @@ timeout) and then catches up with the newest board. Heartbeats go out the
 same way. Streams with no socket of their own to write to (not under
 gunicorn: tests, other servers) wait on their board's "changed" event instead.
 
+On a Redis Cluster the boards are spread over its shards, each board's
+channel in its keys' slot, and the messages come by sharded Pub/Sub: the
+hub keeps one subscription per shard primary it needs (a `Line`), each
+carrying only the boards of its shard. A line whose primary fails asks the
+cluster where its boards live now (a replica's promotion) and moves them
+there; every board resubscribed re-reads its latest board, so a viewer
+misses nothing that the new primary holds.
+
 The change log's live feed (`/changes`) rides on the same subscription: a
 `ChangeFeed` per board hears on the board's log channel that entries were
 added, reads them once for all its viewers here and keeps the newest
@@ -46,8 +54,10 @@ import gevent
 import redis
 from gevent.event import Event
 from gevent.lock import BoundedSemaphore
+from redis.cluster import RedisCluster
 
 from app.leaderboard import Board, changes
+from app.leaderboard.cache import REDIS_ERRORS
 from app.leaderboard.changes import Change
 from app.metrics import FRAMES_SENT, HUB_RECONNECTS, PUBLISH_TO_SEND_SECONDS, STREAMS_ENDED, VIEWERS
 
@@ -72,6 +82,9 @@ LOAD_WAIT_SECONDS = 5.0
 READS_AT_ONCE = 8
 
 HEARTBEAT = b": ping\n\n"
+
+# Sharded Pub/Sub's messages, as the plain ones they stand for.
+SHARDED_KINDS = {"smessage": "message", "ssubscribe": "subscribe", "sunsubscribe": "unsubscribe"}
 
 # BOARD_TRANSPORT=streams: how long one XREAD waits for news (it then asks again:
 # which also proves the connection alive). Below the Redis socket timeout.
@@ -224,6 +237,31 @@ class ChangeFeed:
 Feed = BoardFeed | ChangeFeed
 
 
+class Line:
+    """One subscription: to the one Redis, or on a cluster to one shard's primary, and the channels it carries."""
+
+    def __init__(self, name: str, client: redis.Redis, *, sharded: bool) -> None:
+        self.name = name  # "redis", or the primary's host:port
+        self.client = client  # for this line's connection alone (on a cluster: the node's)
+        self.sharded = sharded  # SSUBSCRIBE rather than SUBSCRIBE
+        self.channels: set[str] = set()
+        self.pubsub: Any = None  # while connected
+        self.connected = False
+        self.greenlet: gevent.Greenlet[Any] | None = None
+        self.retired = False  # its node is no primary any more and carries nothing: its greenlet ends
+
+    def send(self, command: str, *channels: str) -> None:
+        """(Un)subscribe on the live connection, if there is one (sharded: a command per channel, as
+        one SSUBSCRIBE takes channels of one slot only)."""
+        if self.pubsub is None or not channels:
+            return
+        if not self.sharded:
+            getattr(self.pubsub, command)(*channels)
+            return
+        for channel in channels:
+            getattr(self.pubsub, "s" + command)(channel)
+
+
 class DirectViewer:
     """A stream the hub writes to directly: its socket, its board, and how far it got."""
 
@@ -245,7 +283,7 @@ class DirectViewer:
 
 
 class BoardHub:
-    """The worker's single subscription, and the latest frame of every board it serves."""
+    """The worker's subscription (one per shard on a cluster), and the latest frame of every board it serves."""
 
     def __init__(
         self,
@@ -283,20 +321,24 @@ class BoardHub:
         self._change_feeds: dict[str, ChangeFeed] = {}
         self._changes_by_channel: dict[str, ChangeFeed] = {}
         self._keep = keep.id if keep else None
-        self._lock = threading.Lock()  # the feeds, and commands on the subscription
+        self._lock = threading.Lock()  # the feeds, the lines, and commands on the subscriptions
         self._reads = BoundedSemaphore(READS_AT_ONCE)
-        self._pubsub: Any = None
+        self._cluster = isinstance(client, RedisCluster)
+        self._lines: dict[str, Line] = {}
+        self._line_of: dict[str, Line] = {}  # channel -> the line that carries it
+        self._unrouted: set[str] = set()  # channels no line could take yet (the cluster's slots unknown)
+        if not self._cluster:
+            self._lines["redis"] = Line("redis", client, sharded=False)
         self.viewers = 0
         self._viewers_by_ip: dict[str, int] = {}
         self.draining = False
-        self.connected = False
         self.stats = {"reconnects": 0, "frames": 0, "refused": 0, "streams": 0, "frames_sent": 0, "reads": 0}
         self._following_id: int | None = None  # streams: the following connection's CLIENT ID
         self._feeds_changed = Event()
         self._unblocking = False
         self._frames_sent_reported = 0
-        self._listener: gevent.Greenlet[Any] | None = None
         self._ticker: gevent.Greenlet[Any] | None = None
+        self._running = False
         self._stopping = False
         if keep is not None:
             self.feed(keep)
@@ -568,6 +610,8 @@ class BoardHub:
         for change_feed in list(self._change_feeds.values()):
             if change_feed.viewers == 0 and now - change_feed.used_at > IDLE_SECONDS:
                 self._drop_changes(change_feed)
+        if self._unrouted:
+            gevent.spawn(self._reroute, None)
         self.report_frames_sent()
 
     def _drop(self, feed: BoardFeed) -> None:
@@ -586,46 +630,115 @@ class BoardHub:
 
     # -- the subscription --------------------------------------------------
 
+    @property
+    def connected(self) -> bool:
+        """Whether every subscription this worker needs is up (on a cluster: one per shard it serves)."""
+        lines = list(self._lines.values())
+        return bool(lines) and all(line.connected for line in lines)
+
+    @property
+    def lines(self) -> dict[str, int]:
+        """Each subscription (on a cluster: each shard primary's host:port) and the channels it carries."""
+        return {line.name: len(line.channels) for line in self._lines.values()}
+
     def start(self) -> None:
-        """Start the listener and ticker greenlets (once per process)."""
-        if self._listener is None or self._listener.dead:
-            self._stopping = False
-            self._listener = gevent.spawn(self._listen_forever)
+        """Start the listener greenlets (one per line) and the ticker (once per process)."""
+        self._stopping = False
+        self._running = True
+        for line in list(self._lines.values()):
+            self._start_line(line)
         if self._ticker is None or self._ticker.dead:
             self._ticker = gevent.spawn(self._tick_forever)
 
+    def _start_line(self, line: Line) -> None:
+        if self._running and (line.greenlet is None or line.greenlet.dead):
+            line.greenlet = gevent.spawn(self._listen_forever, line)
+
     def stop(self) -> None:
         self._stopping = True
-        for greenlet in (self._listener, self._ticker):
+        self._running = False
+        for greenlet in [*(line.greenlet for line in self._lines.values()), self._ticker]:
             if greenlet is not None:
                 greenlet.kill(block=True, timeout=5)
 
     def _command(self, command: str, channel: str) -> None:
-        """(Un)subscribe on the live connection; without one, the listener subscribes when it connects.
+        """(Un)subscribe on the line that carries the channel; a line not connected subscribes when it connects.
 
-        Called with the lock held: only one greenlet sends on the connection
-        at a time, while the listener reads.
+        Called with the lock held: only one greenlet sends on a connection at
+        a time, while its listener reads.
         """
-        if self._pubsub is None:
-            return
+        if command == "subscribe":
+            try:
+                line = self._route(channel)
+            except REDIS_ERRORS as exc:  # the cluster's slots unknown just now: placed once they are
+                log.info("board hub could not place %s: %s", channel, exc.__class__.__name__)
+                self._unrouted.add(channel)
+                return
+            line.channels.add(channel)
+            self._line_of[channel] = line
+        else:
+            self._unrouted.discard(channel)
+            found = self._line_of.pop(channel, None)
+            if found is None:
+                return
+            line = found
+            line.channels.discard(channel)
         try:
-            getattr(self._pubsub, command)(channel)
-        except (redis.RedisError, OSError) as exc:  # the listener will notice and reconnect
+            line.send(command, channel)
+        except (*REDIS_ERRORS, OSError) as exc:  # its listener will notice and reconnect
             log.info("board hub could not %s %s: %s", command, channel, exc.__class__.__name__)
 
-    def _listen_forever(self) -> None:
+    def _route(self, channel: str) -> Line:
+        """The line for a channel: the one, or on a cluster the line of its slot's primary (made when new)."""
+        if not self._cluster:
+            return self._lines["redis"]
+        cluster: Any = self._redis
+        node = cluster.get_node_from_key(channel)
+        line = self._lines.get(node.name)
+        if line is None:
+            line = self._lines[node.name] = Line(node.name, cluster.get_redis_connection(node), sharded=True)
+            self._start_line(line)
+        return line
+
+    def _reroute(self, failed: Line | None) -> None:
+        """Cluster: learn the slots again and move each channel of `failed` (and any not placed yet) to
+        the line of its slot's primary now; retire `failed` when its node is no longer a primary."""
+        if not self._cluster:
+            return
+        cluster: Any = self._redis
+        try:
+            cluster.nodes_manager.initialize()
+        except REDIS_ERRORS as exc:
+            log.info("board hub could not learn the cluster's slots: %s", exc.__class__.__name__)
+            return
+        with self._lock:
+            primaries = {node.name for node in cluster.get_primaries()}
+            moving = [*(failed.channels if failed is not None else ()), *self._unrouted]
+            self._unrouted.clear()
+            for channel in moving:
+                if failed is not None:
+                    failed.channels.discard(channel)
+                self._line_of.pop(channel, None)
+                self._command("subscribe", channel)
+            if failed is not None and failed.name not in primaries and not failed.channels:
+                failed.retired = True
+                self._lines.pop(failed.name, None)
+                log.info("board hub: %s is no longer a primary; its boards moved", failed.name)
+
+    def _listen_forever(self, line: Line) -> None:
         delay = BACKOFF_INITIAL
-        while not self._stopping:
+        where = f" at {line.name}" if line.sharded else ""
+        while not self._stopping and not line.retired:
             started = time.monotonic()
             try:
                 if self.transport == "streams":
-                    self._follow_once()
+                    self._follow_once(line)
                 else:
-                    self._listen_once()
-            except (redis.RedisError, OSError) as exc:
+                    self._listen_once(line)
+            except (*REDIS_ERRORS, OSError) as exc:
                 self.stats["reconnects"] += 1
                 HUB_RECONNECTS.inc()
-                log.warning("board hub lost Redis (%s); reconnecting in %.1fs", exc.__class__.__name__, delay)
+                log.warning("board hub lost Redis%s (%s); reconnecting in %.1fs", where, exc.__class__.__name__, delay)
             except Exception:
                 # Loading a board can fail in other ways (the database, when it
                 # must be rebuilt); the listener must outlive all of them.
@@ -633,22 +746,25 @@ class BoardHub:
                 HUB_RECONNECTS.inc()
                 log.exception("board hub failed; restarting in %.1fs", delay)
             finally:
-                self.connected = False
+                line.connected = False
+            if self._stopping:
+                break
+            self._reroute(line)  # a cluster's primary away: its boards may live on a promoted replica now
+            if line.retired:
+                break
             if time.monotonic() - started >= HEALTHY_AFTER:
                 delay = BACKOFF_INITIAL
             # Full jitter, so the workers of a fleet do not reconnect in step.
             gevent.sleep(random.uniform(0, delay))
             delay = min(delay * 2, BACKOFF_MAX)
 
-    def _listen_once(self) -> None:
-        pubsub = self._redis.pubsub()  # type: ignore[no-untyped-call]
+    def _listen_once(self, line: Line) -> None:
+        pubsub = line.client.pubsub()  # type: ignore[no-untyped-call]
         try:
             with self._lock:
-                channels = [feed.channel for feed in self._all_feeds()]
-                if channels:
-                    pubsub.subscribe(*channels)
-                self._pubsub = pubsub
-            self.connected = True
+                line.pubsub = pubsub
+                line.send("subscribe", *line.channels)
+            line.connected = True
             last_heard = last_ping = time.monotonic()
             while not self._stopping:
                 message = pubsub.get_message(timeout=1.0)
@@ -666,7 +782,7 @@ class BoardHub:
                     last_ping = now
         finally:
             with self._lock:
-                self._pubsub = None
+                line.pubsub = None
             pubsub.close()
 
     # -- BOARD_TRANSPORT=streams -------------------------------------------
@@ -690,7 +806,7 @@ class BoardHub:
         finally:
             self._unblocking = False
 
-    def _follow_once(self) -> None:
+    def _follow_once(self, line: Line) -> None:
         """Follow every served board's update stream (and every change log watched here) on one
         connection, with XREAD BLOCK from the last entry seen of each: after a reconnect, on
         from there, so nothing is read again and nothing missed (the newest update is kept)."""
@@ -700,7 +816,7 @@ class BoardHub:
         try:
             connection.send_command("CLIENT", "ID")
             self._following_id = int(connection.read_response())
-            self.connected = True
+            line.connected = True
             while not self._stopping:
                 self._feeds_changed.clear()
                 with self._lock:
@@ -741,7 +857,7 @@ class BoardHub:
         self._on_message(feed, update.data)
 
     def _on(self, message: dict[str, Any]) -> None:
-        kind = message["type"]
+        kind = SHARDED_KINDS.get(message["type"], message["type"])
         if kind not in ("message", "subscribe"):
             return  # a pong or an unsubscribe: it only proves the connection alive
         channel = message["channel"]

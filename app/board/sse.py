@@ -21,10 +21,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import gevent
-import redis
 
 from app.board.hub import HEARTBEAT, BoardFeed, BoardHub, ChangeFeed, ClientGone, DirectViewer, Feed
 from app.leaderboard import changes
+from app.leaderboard.cache import REDIS_ERRORS
 from app.leaderboard.changes import Change
 from app.metrics import STREAMS_ENDED
 
@@ -244,7 +244,7 @@ def _changes(
     if after is None:
         # From now on: "now" is fixed before the stream opens, so a change made once
         # the viewer sees it open is never taken for one from before.
-        with contextlib.suppress(redis.RedisError):
+        with contextlib.suppress(*REDIS_ERRORS):
             after = hub.newest_change(feed)
     yield retry_hint(options.retry_ms)
     position = changes.parse_id(after) or (0, 0)
@@ -259,7 +259,7 @@ def _changes(
                 continue
             if held is None:
                 held, gone = hub.changes_after(feed, after)
-        except redis.RedisError:  # Redis away: heartbeats meanwhile, then on from where we were
+        except REDIS_ERRORS:  # Redis away: heartbeats meanwhile, then on from where we were
             held = []
             feed.wait_for_change(min(1.0, max(0.0, next_heartbeat - time.monotonic())))
         if gone:

@@ -12,7 +12,6 @@ import os
 from typing import Any
 
 import greenlet
-import redis
 from flask import Blueprint, Response, current_app, jsonify, render_template, request, url_for
 from flask_jwt_extended import verify_jwt_in_request
 from gevent import monkey
@@ -24,6 +23,7 @@ from app.board.sse import StreamOptions, come_back_later, parse_last_event_id, s
 from app.errors import InvalidQuery, ServiceUnavailable, UserNotFound
 from app.extensions import db
 from app.leaderboard import Board, BoardNotFound, BoardRegistry, Standing, ranks
+from app.leaderboard.cache import REDIS_ERRORS
 from app.leaderboard.ranks import PAGE_LIMIT_MAX, Entry, Ranking
 from app.leaderboard.rebuild import top_standings
 from app.leaderboard.seasons import periods_before
@@ -122,7 +122,7 @@ def events(board_id: str | None = None) -> Response:
     feed = hub.feed(board)
     # A new viewer gets the board at once, even before the listener's first
     # read; with Redis down it streams anyway (heartbeats now, the board later).
-    with contextlib.suppress(redis.RedisError, SQLAlchemyError):
+    with contextlib.suppress(*REDIS_ERRORS, SQLAlchemyError):
         try:
             hub.current(board)
         except BoardNotFound:  # deleted since this worker last looked

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import redis
-from redis.exceptions import NoScriptError
+from redis.cluster import RedisCluster
+from redis.exceptions import NoScriptError, RedisClusterException
 
 from app.leaderboard.boards import Board
 from app.leaderboard.rules import may_worsen, redis_direction
@@ -27,6 +28,9 @@ from app.metrics import REDIS_SCRIPT_SECONDS
 GONE_TTL_SECONDS = 60
 # How long a deleted board's `updates` stream keeps the news of its deletion.
 DELETED_NEWS_SECONDS = 60
+# What a Redis that fails raises: redis-py's errors, and its cluster client's own
+# (no node serves a slot, none answers), which are not RedisErrors.
+REDIS_ERRORS: tuple[type[redis.RedisError], type[RedisClusterException]] = (redis.RedisError, RedisClusterException)
 # Entries each board's change log keeps by default (CHANGES_RETAIN).
 CHANGES_RETAIN = 10_000
 # Longest a change waits in Redis for the user's change before it (committed
@@ -85,7 +89,9 @@ HOLD_MS = 2000
 # is newer; of another user, when the board has fewer than N entries or it
 # ranks ahead of the last entry. So a late, stale write is a no-op, whatever
 # the operator. On a change: trim to N, set version = max(version + 1, now in
-# µs) (monotonic even across a flushed Redis), store and PUBLISH the message.
+# µs) (monotonic even across a flushed Redis), store and PUBLISH the message
+# (SPUBLISH on a cluster: sharded Pub/Sub, so a shard carries only its own
+# boards' messages; each board's channel shares its keys' hash tag).
 # In write mode every standing is also appended to the change log, admitted or
 # not (each is a change SQL accepted), with the board version it left; then the
 # newest entry's id is published once on the log's channel. A user's changes go
@@ -94,8 +100,9 @@ HOLD_MS = 2000
 # on its way, waits in `held` until that one comes, or HOLD_MS at most.
 #
 # Returns {status, last version or false}; status is written, unchanged, short, uninitialized or ended.
-APPLY_SCRIPT = (
+_APPLY_SCRIPT = (
     """
+local PUBLISH = '%(publish)s'
 local top, members, version_key, latest_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local names, gone, origin_key = KEYS[5], KEYS[6], KEYS[7]
 local n, channel, mode = tonumber(ARGV[1]), ARGV[2], ARGV[3]
@@ -356,7 +363,7 @@ local function publish(updated, updated_value)
   message = message .. period_json .. ',"version":' .. version_text
     .. ',"ts":' .. ts_of(now) .. '}'
   redis.call('SET', latest_key, message)
-  redis.call('PUBLISH', channel, message)
+  redis.call(PUBLISH, channel, message)
   redis.call('XADD', updates, 'MAXLEN', 1, '*', 'data', message)
   return version_text
 end
@@ -387,7 +394,7 @@ if mode == 'write' then
     end
   end
   if logged then
-    redis.call('PUBLISH', log_channel, logged)
+    redis.call(PUBLISH, log_channel, logged)
   end
   if short then
     return {'short', version}
@@ -447,6 +454,8 @@ end
 return {'written', publish(ARGV[7], ARGV[8])}
 """
 )
+APPLY_SCRIPT = _APPLY_SCRIPT.replace("%(publish)s", "PUBLISH")
+SHARDED_APPLY_SCRIPT = _APPLY_SCRIPT.replace("%(publish)s", "SPUBLISH")
 
 
 def _period_json(board: Board) -> str:
@@ -472,12 +481,18 @@ class Removal:
 
 
 class BoardCache:
-    """The Redis side of every board: their keys, the one script and their channels."""
+    """The Redis side of every board: their keys, the one script and their channels.
+
+    On a cluster (`client` is redis-py's cluster client) every call goes to
+    the primary of its board's slot, and messages go out with SPUBLISH.
+    """
 
     def __init__(self, client: redis.Redis, changes_retain: int = CHANGES_RETAIN) -> None:
         self.redis = client
         self.changes_retain = changes_retain
-        self._apply = client.register_script(APPLY_SCRIPT)
+        self.sharded = isinstance(client, RedisCluster)
+        self._script = SHARDED_APPLY_SCRIPT if self.sharded else APPLY_SCRIPT
+        self._apply = client.register_script(self._script)
         # Boards whose update failed here after a commit: the keeper checks them against SQL.
         self.stale_boards: set[str] = set()
 
@@ -536,7 +551,8 @@ class BoardCache:
         """Run APPLY_SCRIPT in write mode once per (board, standings), in order, in one round trip.
 
         Boards live in different hash slots, so each is its own call; a
-        pipeline (not a transaction) sends them together.
+        pipeline (not a transaction) sends them together (on a cluster, one
+        per shard, each call to its board's primary).
         """
         if len(calls) == 1:
             board, standings = calls[0]
@@ -549,7 +565,8 @@ class BoardCache:
                 board, standings = calls[index]
                 args = self._args(board, standings, "write", None, ())
                 keys = board.keys.as_list()
-                pipe.evalsha(self._apply.sha, len(keys), *keys, *args)
+                # As a plain command: the cluster's pipeline refuses evalsha, and routes this by its keys.
+                pipe.execute_command("EVALSHA", self._apply.sha, len(keys), *keys, *args)  # type: ignore[no-untyped-call]
             with REDIS_SCRIPT_SECONDS.labels("write").time():
                 replies = pipe.execute(raise_on_error=False)
             missing = []
@@ -562,12 +579,16 @@ class BoardCache:
                     results[index] = reply
             if not missing:
                 break
-            self.redis.script_load(APPLY_SCRIPT)  # a restarted or flushed Redis: load it, run those again
+            self.redis.script_load(self._script)  # a restarted or flushed Redis: load it, run those again
             pending = missing
         return [ApplyResult(status=status, version=int(version) if version else None) for status, version in results]
 
     def server_identity(self) -> str:
-        """Which Redis server answers: its run id, another one after a failover or a restart."""
+        """Which Redis servers answer: the run id (of each primary, on a cluster), another after a
+        failover or a restart."""
+        if self.sharded:
+            found: Any = self.redis.info("server", target_nodes=RedisCluster.PRIMARIES)
+            return ",".join(sorted(str(info["run_id"]) for info in found.values()))
         return str(self.redis.info("server")["run_id"])
 
     def is_built(self, board: Board) -> bool:
@@ -579,7 +600,8 @@ class BoardCache:
         """`is_built` for many boards, in one round trip."""
         pipe = self.redis.pipeline(transaction=False)
         for board in boards:
-            pipe.mget(board.keys.version, board.keys.origin)
+            # As a plain command: the cluster's pipeline refuses mget (these two keys share a slot).
+            pipe.execute_command("MGET", board.keys.version, board.keys.origin)  # type: ignore[no-untyped-call]
         replies = pipe.execute()
         return {
             board.id: version is not None and (not board.uid or origin == board.origin)
@@ -618,7 +640,10 @@ class BoardCache:
         deleted = json.dumps({"type": "deleted", "board": board.id}, separators=(",", ":"))
         pipe = self.redis.pipeline(transaction=True)
         pipe.delete(*board.keys.as_list())
-        pipe.publish(board.channel, deleted)
+        if self.sharded:
+            pipe.spublish(board.channel, deleted)
+        else:
+            pipe.publish(board.channel, deleted)
         # For hubs that follow streams: the news, kept a minute (the board's keys are gone).
         pipe.xadd(board.keys.updates, {"data": deleted}, maxlen=1, approximate=False)
         pipe.expire(board.keys.updates, DELETED_NEWS_SECONDS)

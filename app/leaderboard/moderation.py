@@ -11,14 +11,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-import redis
 from sqlalchemy import Engine, delete
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from app.leaderboard import changes
 from app.leaderboard.boards import Board, BoardRegistry
-from app.leaderboard.cache import BoardCache, Removal
+from app.leaderboard.cache import REDIS_ERRORS, BoardCache, Removal
 from app.leaderboard.names import forget_names
 from app.leaderboard.rebuild import rebuild_board, top_standings
 from app.models import IdempotencyKey, Score, UserName
@@ -105,7 +104,7 @@ def erase_user(engine: Engine, cache: BoardCache, registry: BoardRegistry, user_
 def _forget_changes(cache: BoardCache, board: Board, user_id: str) -> int:
     try:
         return changes.forget_user(cache.redis, board, user_id)
-    except redis.RedisError as exc:  # SQL holds nothing of theirs any more; the log keeps these
+    except REDIS_ERRORS as exc:  # SQL holds nothing of theirs any more; the log keeps these
         log.warning("board %s: the change log kept %s's entries: %s", board.id, user_id, exc)
         return 0
 
@@ -120,6 +119,6 @@ def _follow_in_redis(engine: Engine, cache: BoardCache, board: Board, removals: 
                 session.rollback()
             else:
                 rebuild_board(session, cache, board, reason="removal", removals=removals)
-    except (redis.RedisError, SQLAlchemyError) as exc:
+    except (*REDIS_ERRORS, SQLAlchemyError) as exc:
         log.warning("board %s not updated in Redis after a removal: %s", board.id, exc)
         cache.stale_boards.add(board.id)

@@ -15,7 +15,6 @@ from dataclasses import replace
 from datetime import datetime
 from typing import cast
 
-import redis
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -24,7 +23,7 @@ from sqlalchemy.pool import QueuePool
 from app.batching import GroupCommit
 from app.leaderboard import records
 from app.leaderboard.boards import Board, utc_now
-from app.leaderboard.cache import BoardCache
+from app.leaderboard.cache import REDIS_ERRORS, BoardCache
 from app.leaderboard.errors import BoardNotFound, IdempotencyKeyReused, TotalLimitExceeded
 from app.leaderboard.names import store_names
 from app.leaderboard.rebuild import rebuild_board, top_standings
@@ -321,7 +320,7 @@ def publish(engine: Engine, cache: BoardCache, changes: Sequence[tuple[Board, St
                     cache.apply(called, top_standings(session, called), mode="fill", updated=sent[-1])
                 done.add(called.id)
         return True
-    except (redis.RedisError, SQLAlchemyError) as exc:
+    except (*REDIS_ERRORS, SQLAlchemyError) as exc:
         log.warning("boards %s not updated in Redis after commit: %s", ", ".join(boards), exc)
         cache.stale_boards.update(boards)
         return False

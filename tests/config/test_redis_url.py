@@ -44,9 +44,14 @@ def test_a_cluster_url_names_its_seed_nodes() -> None:
         ("redis+sentinel://127.0.0.1:26379,,h/main", "is not host or host:port"),
         ("redis+cluster://127.0.0.1:7000/1", "database 0 only"),
         ("redis+cluster://a b:7000", "is not host or host:port"),
-        ("redis+cluster://127.0.0.1:7000", "Redis Cluster is not supported yet"),
     ],
 )
 def test_a_bad_redis_url_stops_startup_saying_what_is_wrong(url: str, says: str) -> None:
     with pytest.raises(ConfigError, match=f"REDIS_URL: .*{says}"):
         Settings.from_env({"REDIS_URL": url})
+
+
+def test_a_cluster_refuses_the_streams_transport() -> None:
+    with pytest.raises(ConfigError, match=r"BOARD_TRANSPORT=streams .* use BOARD_TRANSPORT=pubsub"):
+        Settings.from_env({"REDIS_URL": "redis+cluster://127.0.0.1:7000", "BOARD_TRANSPORT": "streams"})
+    assert Settings.from_env({"REDIS_URL": "redis+cluster://127.0.0.1:7000"}).redis.mode == "cluster"
