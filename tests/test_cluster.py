@@ -342,3 +342,63 @@ def test_a_killed_primary_loses_no_write_and_its_boards_converge_on_the_promoted
         f"after the kill, every service on it {on_promoted:.1f} s later; all boards equal to SQL "
         f"{converged_after:.1f} s after the promotion"
     )
+
+
+def test_a_hot_boards_slot_moved_to_another_shard_takes_its_viewers_along(stack: ClusterStack) -> None:
+    hot = BOARDS[0]
+    owners = stack.slot_owners()
+    client = stack.client()
+    slot = client.keyslot(stack.channel(hot))
+    client.close()
+    source_port = owners[slot]
+    target_port = next(port for port in stack.cluster.primaries() if port != source_port)
+    source, target = stack.cluster.client(source_port), stack.cluster.client(target_port)
+
+    viewers = Swarm()
+    watching = [viewers.add(Viewer(f"{service.url}/boards/{hot}/events")) for service in stack.boards for _ in range(3)]
+    assert viewers.wait_until(lambda: all(v.frames for v in watching), timeout=10)
+    load = Load(stack, [f"hot{i:02d}" for i in range(20)], boards=[hot])
+    writers = [threading.Thread(target=load.writer, args=(seed,)) for seed in range(6)]
+    for thread in writers:
+        thread.start()
+    viewers.pump(1)
+
+    # What `redis-cli --cluster reshard` does, for the one slot: keys migrated, then the slot's owner set.
+    source_id, target_id = source.execute_command("CLUSTER", "MYID"), target.execute_command("CLUSTER", "MYID")
+    target.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+    source.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+    while keys := source.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100):
+        source.migrate("127.0.0.1", target_port, keys, 0, 5000)
+    for port in stack.cluster.primaries():
+        node = stack.cluster.client(port)
+        node.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+        node.close()
+    moved_at = time.monotonic()
+    viewers.pump(1.5)
+    load.stop.set()
+    for thread in writers:
+        thread.join(timeout=60)
+    for submission in load.submissions:
+        load.submit_until_acked(submission, deadline=time.monotonic() + 30)
+    assert all(s.acked for s in load.submissions)
+
+    with stack.engine.connect() as conn:
+        rows = conn.execute(text("SELECT board, user_id, total FROM scores WHERE user_id LIKE 'hot%'")).all()
+    assert {(board, user): total for board, user, total in rows} == load.expected_totals()
+    assert viewers.wait_until(stack.converged, timeout=10), "the moved board is not SQL's top N"
+    version = int(target.get(BoardKeys.for_board(hot).version) or 0)
+    assert viewers.wait_until(lambda: all(v.last_version == version for v in watching), timeout=10)
+    caught_up = time.monotonic() - moved_at
+    for viewer in watching:
+        assert not viewer.closed
+        assert viewer.frames[-1].json["top"] == [[user, str(total)] for user, total in stack.sql_top(hot)]
+    # Each board instance subscribes to the hot board's channel on its new shard, on the old one no more.
+    assert target.execute_command("PUBSUB", "SHARDNUMSUB", stack.channel(hot))[1] == 2
+    assert source.execute_command("PUBSUB", "SHARDNUMSUB", stack.channel(hot))[1] == 0
+    source.close()
+    target.close()
+    viewers.close()
+    print(
+        f"\n{len(load.submissions)} submissions to {hot}, answers: {load.statuses}; its slot moved from "
+        f"{source_port} to {target_port}; every viewer at the final board {caught_up:.1f} s after the move"
+    )

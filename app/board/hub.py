@@ -725,6 +725,22 @@ class BoardHub:
                 self._lines.pop(failed.name, None)
                 log.info("board hub: %s is no longer a primary; its boards moved", failed.name)
 
+    def _moved(self, channel: str) -> None:
+        """Cluster: a channel's slot went to another shard (resharding): subscribe where it is now."""
+        cluster: Any = self._redis
+        try:
+            cluster.nodes_manager.initialize()
+        except REDIS_ERRORS as exc:  # the line's next failure, or the tick, places it
+            log.info("board hub could not learn the cluster's slots: %s", exc.__class__.__name__)
+        with self._lock:
+            line = self._line_of.pop(channel, None)
+            if line is None:  # dropped meanwhile
+                return
+            line.channels.discard(channel)
+            self._command("subscribe", channel)
+        now_on = self._line_of.get(channel)
+        log.info("board hub: %s moved to %s", channel, now_on.name if now_on else "a shard not known yet")
+
     def _listen_forever(self, line: Line) -> None:
         delay = BACKOFF_INITIAL
         where = f" at {line.name}" if line.sharded else ""
@@ -858,6 +874,12 @@ class BoardHub:
 
     def _on(self, message: dict[str, Any]) -> None:
         kind = SHARDED_KINDS.get(message["type"], message["type"])
+        if message["type"] == "sunsubscribe":
+            channel = message["channel"]
+            channel = channel.decode() if isinstance(channel, bytes) else channel
+            if channel in self._line_of:  # not ours: the cluster moved the channel's slot to another shard
+                gevent.spawn(self._moved, channel)
+            return
         if kind not in ("message", "subscribe"):
             return  # a pong or an unsubscribe: it only proves the connection alive
         channel = message["channel"]
