@@ -229,6 +229,10 @@ def test_200_boards_on_three_shards_each_shard_carrying_only_its_own_boards(stac
         assert len(hubs) == 2, hubs
         assert sorted(int(c["ssub"]) for c in hubs) == [len(mine), len(mine)]
         node.close()
+    per_shard = {f"127.0.0.1:{port}": list(shard_of.values()).count(port) for port in set(shard_of.values())}
+    for service in stack.boards:
+        worker = requests.get(f"{service.url}/stats", headers=ADMIN, timeout=10).json()
+        assert (worker["connected"], worker["subscriptions"]) == (True, per_shard)
     client.close()
     viewers.close()
     print(

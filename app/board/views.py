@@ -331,6 +331,7 @@ def stats() -> Response:
         "viewers": hub.viewers,
         "boards": hub.boards,
         "connected": hub.connected,
+        "subscriptions": hub.lines,
         "draining": hub.draining,
         "version": default.version if default else None,
         **hub.stats,
