@@ -191,6 +191,10 @@ def test_200_boards_on_three_shards_each_shard_carrying_only_its_own_boards(stac
             path = f"/boards/{board}/events" if board else "/events"
             watching.append((viewers.add(Viewer(f"{service.url}{path}")), board))
     assert viewers.wait_until(lambda: all(v.frames for v, _ in watching), timeout=30), "a viewer got no first frame"
+    # The change log's live feed rides on the same sharded subscriptions.
+    logged = BOARDS[1]
+    change_viewers = [viewers.add(Viewer(f"{service.url}/boards/{logged}/changes")) for service in stack.boards]
+    viewers.pump(1)
 
     load = Load(stack, [f"user{i:02d}" for i in range(15)], keyed=False, boards=[None, *BOARDS])
     writers = [threading.Thread(target=load.writer, args=(seed,)) for seed in range(8)]
@@ -214,12 +218,26 @@ def test_200_boards_on_three_shards_each_shard_carrying_only_its_own_boards(stac
     for viewer, board in watching:
         assert not viewer.closed
         assert viewer.frames[-1].json["top"] == [[user, str(total)] for user, total in tops[board]]
+    submitted = sorted((s.user, s.score) for s in load.submissions if s.board == logged)
+    assert submitted, "the logged board got no write"
+    for viewer in change_viewers:
+        assert viewers.wait_until(lambda viewer=viewer: len(viewer.frames) == len(submitted), timeout=10)
+        changes = [frame.json for frame in viewer.frames]
+        assert {change["board"] for change in changes} == {logged}
+        assert (
+            sorted((change["userId"], change["score"] - (change["previous"] or 0)) for change in changes) == submitted
+        )
 
-    # Each shard's Pub/Sub carries only its own boards: every board's channel is subscribed on the
-    # primary of its slot, by both board instances, and on no other shard; nothing is published unsharded.
+    # Each shard's Pub/Sub carries only its own boards: every board's channel (and the logged board's
+    # change-log channel) is subscribed on the primary of its slot, by both board instances, and on no
+    # other shard; nothing is published unsharded.
+    channels_of = {board: [stack.channel(board)] for board in shard_of}
+    channels_of[logged].append(BoardKeys.for_board(logged).changed)
+    per_shard: dict[str, int] = {}
     for port in stack.cluster.primaries():
         node = stack.cluster.client(port)
-        mine = sorted(stack.channel(board) for board, owner in shard_of.items() if owner == port)
+        mine = sorted(channel for board, owner in shard_of.items() if owner == port for channel in channels_of[board])
+        per_shard[f"127.0.0.1:{port}"] = len(mine)
         assert sorted(node.execute_command("PUBSUB", "SHARDCHANNELS")) == mine
         assert node.execute_command("PUBSUB", "CHANNELS") == []
         counts = node.execute_command("PUBSUB", "SHARDNUMSUB", *mine)
@@ -229,7 +247,6 @@ def test_200_boards_on_three_shards_each_shard_carrying_only_its_own_boards(stac
         assert len(hubs) == 2, hubs
         assert sorted(int(c["ssub"]) for c in hubs) == [len(mine), len(mine)]
         node.close()
-    per_shard = {f"127.0.0.1:{port}": list(shard_of.values()).count(port) for port in set(shard_of.values())}
     for service in stack.boards:
         worker = requests.get(f"{service.url}/stats", headers=ADMIN, timeout=10).json()
         assert (worker["connected"], worker["subscriptions"]) == (True, per_shard)
