@@ -121,11 +121,6 @@ def connect_redis(
     return redis.Redis.from_url(target.url, **options)
 
 
-def is_cluster(client: object) -> bool:
-    """Whether `client` is redis-py's cluster client (REDIS_URL=redis+cluster://...)."""
-    return isinstance(client, RedisCluster)
-
-
 def cluster_primaries(client: redis.Redis, *, refresh: bool = False) -> list[tuple[str, redis.Redis]]:
     """A cluster's primaries as its client knows them (`refresh`: as a node says they are now):
     (host:port, a client of that node alone)."""

@@ -84,7 +84,7 @@ READS_AT_ONCE = 8
 HEARTBEAT = b": ping\n\n"
 
 # Sharded Pub/Sub's messages, as the plain ones they stand for.
-SHARDED_KINDS = {"smessage": "message", "ssubscribe": "subscribe", "sunsubscribe": "unsubscribe"}
+SHARDED_KINDS = {"smessage": "message", "ssubscribe": "subscribe"}
 
 # BOARD_TRANSPORT=streams: how long one XREAD waits for news (it then asks again:
 # which also proves the connection alive). Below the Redis socket timeout.
@@ -703,23 +703,15 @@ class BoardHub:
     def _reroute(self, failed: Line | None) -> None:
         """Cluster: learn the slots again and move each channel of `failed` (and any not placed yet) to
         the line of its slot's primary now; retire `failed` when its node is no longer a primary."""
-        if not self._cluster:
+        if not self._cluster or not self._learn_slots():
             return
         cluster: Any = self._redis
-        try:
-            cluster.nodes_manager.initialize()
-        except REDIS_ERRORS as exc:
-            log.info("board hub could not learn the cluster's slots: %s", exc.__class__.__name__)
-            return
         with self._lock:
             primaries = {node.name for node in cluster.get_primaries()}
             moving = [*(failed.channels if failed is not None else ()), *self._unrouted]
             self._unrouted.clear()
             for channel in moving:
-                if failed is not None:
-                    failed.channels.discard(channel)
-                self._line_of.pop(channel, None)
-                self._command("subscribe", channel)
+                self._place_again(channel)
             if failed is not None and failed.name not in primaries and not failed.channels:
                 failed.retired = True
                 self._lines.pop(failed.name, None)
@@ -727,19 +719,30 @@ class BoardHub:
 
     def _moved(self, channel: str) -> None:
         """Cluster: a channel's slot went to another shard (resharding): subscribe where it is now."""
+        self._learn_slots()  # when it cannot: the line's next failure, or the tick, places the channel
+        with self._lock:
+            if channel not in self._line_of:  # dropped meanwhile
+                return
+            self._place_again(channel)
+        now_on = self._line_of.get(channel)
+        log.info("board hub: %s moved to %s", channel, now_on.name if now_on else "a shard not known yet")
+
+    def _learn_slots(self) -> bool:
+        """Cluster: ask a node which primary serves each slot now; False when none answers."""
         cluster: Any = self._redis
         try:
             cluster.nodes_manager.initialize()
-        except REDIS_ERRORS as exc:  # the line's next failure, or the tick, places it
+        except REDIS_ERRORS as exc:
             log.info("board hub could not learn the cluster's slots: %s", exc.__class__.__name__)
-        with self._lock:
-            line = self._line_of.pop(channel, None)
-            if line is None:  # dropped meanwhile
-                return
+            return False
+        return True
+
+    def _place_again(self, channel: str) -> None:
+        """Take the channel off its line and subscribe it on the line of its slot's primary now (lock held)."""
+        line = self._line_of.pop(channel, None)
+        if line is not None:
             line.channels.discard(channel)
-            self._command("subscribe", channel)
-        now_on = self._line_of.get(channel)
-        log.info("board hub: %s moved to %s", channel, now_on.name if now_on else "a shard not known yet")
+        self._command("subscribe", channel)
 
     def _listen_forever(self, line: Line) -> None:
         delay = BACKOFF_INITIAL
