@@ -21,7 +21,7 @@
   every viewer gets it. Every worker of every instance tries; APPLY_SCRIPT's
   rebuild mode lets exactly one of them do it, and refuses to go back to an
   earlier period.
-- About every ten seconds, it compacts the rank index of the boards where
+- About every two seconds, it compacts the rank index of the boards where
   that is due.
 
 Every worker runs one; they do not coordinate. Rebuilds are idempotent and
@@ -57,7 +57,7 @@ RECONCILE_EVERY_SECONDS = 1.0
 # How long after a period's end the keeper wakes to switch: past the end by
 # the database's clock even with a few milliseconds of error in the skew.
 PERIOD_SWITCH_DELAY_SECONDS = 0.05
-COMPACTION_CHECK_EVERY = 10  # reconcile rounds
+COMPACTION_CHECK_EVERY = 2  # reconcile rounds: a backlog is one count per board
 # Reconcile rounds between two reads of every board's settings: well within
 # BoardRegistry.TTL, so a request never waits for SQL to look a board up.
 REGISTRY_EVERY = 2
