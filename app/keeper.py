@@ -57,7 +57,7 @@ RECONCILE_EVERY_SECONDS = 1.0
 # How long after a period's end the keeper wakes to switch: past the end by
 # the database's clock even with a few milliseconds of error in the skew.
 PERIOD_SWITCH_DELAY_SECONDS = 0.05
-COMPACTION_CHECK_EVERY = 2  # reconcile rounds: a backlog is one count per board
+COMPACTION_CHECK_EVERY = 2  # reconcile rounds (the check is one grouped count of rank_deltas)
 # Reconcile rounds between two reads of every board's settings: well within
 # BoardRegistry.TTL, so a request never waits for SQL to look a board up.
 REGISTRY_EVERY = 2

@@ -280,12 +280,12 @@ def _up_to_date(name: str, buckets: str, base: str) -> str:
     with its count brought up to date (key, before).
 
     Its count at the last compaction, plus `base` (the changes below the first
-    of them), plus the changes from the first up to it: the sum of each gap's
-    changes, the gap between it and the bucket before it read by one walk of
-    the index, running in key order. So each change between the first and the
-    last bucket is read once, and only those are sorted that are buckets: a
-    friends list over a whole board with 2,500 changes waiting sorted all of them
-    (2.7 of its 5.9 ms, measured).
+    of them), plus the changes from the first up to it: a running sum, in key
+    order, of the changes in each gap between a bucket and the one before it
+    (one walk of rank_deltas' index per gap). Each change between the first
+    and the last bucket is read once, and only the buckets are sorted, not the
+    changes (sorting 2,500 waiting changes with them took 2.7 of a friends
+    list's 5.9 ms, measured).
     """
     return f"""
     {name}_gaps AS (
@@ -376,8 +376,9 @@ def _page(offset: str, window: str) -> str:
 
 def _placed(name: str, listed: str) -> str:
     """CTEs ending in `{name}_ranked`: each of `listed` (user_id, total, rank_key) with its
-    exact rank, by its bucket (two probes of rank_buckets' index each: never a walk over
-    all the board's buckets), that bucket's count now, and the rows from its start."""
+    exact rank, by its bucket (one probe of rank_buckets' index each, one more per bucket
+    found: never a walk over all the board's buckets), that bucket's count now, and the
+    rows from its start."""
     return f"""
     {name} AS (
         SELECT {listed}.user_id, {listed}.total, {listed}.rank_key, (
