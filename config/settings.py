@@ -242,8 +242,13 @@ class Settings:
                     # whole index range before a LIMIT (app.leaderboard.records),
                     # or start parallel workers for a count it overestimates:
                     # their start costs more than the walk (app.leaderboard.ranks).
+                    # The ranking queries are prepared once per connection and
+                    # planned for any parameters (their plans are written to be
+                    # good for all): planning them per call took two thirds of
+                    # a page's time on a million users (BENCHMARKS.md).
                     "options": f"-c statement_timeout={timeout_ms} -c lock_timeout={timeout_ms}"
                     " -c enable_bitmapscan=off -c max_parallel_workers_per_gather=0"
+                    " -c plan_cache_mode=force_generic_plan"
                     + (f" {self.pg_options}" if self.pg_options else ""),
                     "application_name": "leaderboard",
                     # A server that vanished without closing the connection (a
