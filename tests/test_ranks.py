@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import random
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -15,6 +16,8 @@ from sqlalchemy import Engine, create_engine, text
 from app.keeper import BoardKeeper
 from app.leaderboard import Board, BoardCache, BoardRegistry, ranks
 from app.leaderboard.ranks import BUCKET_SIZE, COMPACT_AT_BACKLOG, Entry, compact_rank_index, exact_rank, rank_backlog
+from app.sql import _prepared_call
+from config.settings import Settings
 from tests.servers import flask_db_upgrade
 
 T0 = datetime(2026, 3, 1)
@@ -282,3 +285,66 @@ def test_rankings_carry_the_names_users_gave(any_engine: Engine) -> None:
     page = ranks.page(any_engine, board, 0, 10)
     assert [(entry.user_id, entry.name) for entry in page.entries] == [("a", None), ("b", "Bea")]
     assert [entry.name for entry in ranks.ranks_of(any_engine, board, ["b"])] == ["Bea"]
+
+
+def plan_nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """A JSON plan's node and every node under it."""
+    yield node
+    for child in node.get("Plans", []):
+        yield from plan_nodes(child)
+
+
+def test_a_friends_list_brings_each_bucket_up_to_date_once(
+    engine: Engine, make_settings: Callable[..., Settings]
+) -> None:
+    """Beside many small boards the planner expects one row for a board, and a generic plan
+    of the friends query, with the running sum inlined, ran it again for every friend
+    (100 friends on 1,000,000 users: 21 ms instead of 4, measured)."""
+    board = Board(id="crowded", top_n=10, channel="unused")
+    for name in [board.id] + [f"small{i}" for i in range(300)]:
+        ensure_board(engine, name)
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO scores (board, user_id, total, reached_at, version)"
+                " SELECT 'small' || (g % 300), 'user' || g, g, :t, 1 FROM generate_series(1, 600) g"
+            ),
+            {"t": T0},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO scores (board, user_id, total, reached_at, version)"
+                " SELECT :b, 'user' || g, g % 997, :t, 1 FROM generate_series(1, 2000) g"
+            ),
+            {"b": board.id, "t": T0},
+        )
+    compact_rank_index(engine, board.id, bucket_size=50)
+    with engine.begin() as conn:  # changes waiting, in the gaps between the buckets
+        conn.execute(text("UPDATE scores SET total = total + 500 WHERE board = :b AND total % 7 = 0"), {"b": board.id})
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text("ANALYZE scores, rank_deltas, rank_buckets"))
+    friends = [f"user{i}" for i in range(1, 2000, 40)]
+    settings = make_settings()
+    service = create_engine(settings.database_url, **settings.flask_config()["SQLALCHEMY_ENGINE_OPTIONS"])
+    connection = service.raw_connection()  # the services' connection options: generic plans
+    try:
+        cursor = connection.cursor()
+        sql = ranks.RANKS_OF.replace("{listed}", "= ANY(:user_ids)")
+        params = {"board": board.id, "period": "", "user_ids": friends}
+        statement, args = _prepared_call(service, connection.dbapi_connection, "friends", sql, params)
+        cursor.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + statement, args)
+        plan = cursor.fetchone()[0][0]["Plan"]
+        cursor.execute(statement, args)
+        got = sorted((int(rank), user) for user, _, _, rank in cursor.fetchall())
+    finally:
+        connection.close()
+        service.dispose()
+    expected = naive_ranks(engine, board.id)
+    assert got == sorted((expected[user][1], user) for user in friends)
+    walks = sum(node["Actual Loops"] for node in plan_nodes(plan) if node.get("Relation Name") == "rank_deltas")
+    buckets = 2000 // 50
+    assert walks <= buckets + 3, f"rank_deltas walked {walks} times for {len(friends)} friends in {buckets} buckets"
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM scores"))
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text("ANALYZE scores, rank_deltas, rank_buckets"))  # no other test plans on these statistics
