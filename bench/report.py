@@ -254,7 +254,9 @@ def write_report(
             "## 1. Writes: `POST /score`",
             "",
             f"wrk, 2 threads, {writes['seconds']} s per run after 2 s of warm-up, {writes['users']:,} distinct users'"
-            ' tokens (each connection walks the list), `{"score": 1}`. Both services under gunicorn with',
+            ' tokens (each thread walks the list from a start of its own), `{"score": 1}`; before the first run,'
+            " every token is sent once to each service (a deployment's clients send a token with many writes, so"
+            " a service in use has seen it). Both services under gunicorn with",
             "gevent, one worker per core. *Reference* is `bench/reference_app.py`: the same JWT check, the same SQL",
             "upsert and the same Redis script, and nothing else (no validation, idempotency, rank, rate limit,",
             "metrics). Server CPU is both workers together (2.0 = two cores); PostgreSQL's is all its processes',",
