@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import psycopg2
 import pytest
 import redis
 from sqlalchemy import Engine, create_engine, text
@@ -17,7 +18,8 @@ from app.keeper import BoardKeeper
 from app.leaderboard import Board, BoardCache, BoardRegistry, ranks
 from app.leaderboard.ranks import BUCKET_SIZE, COMPACT_AT_BACKLOG, Entry, compact_rank_index, exact_rank, rank_backlog
 from app.sql import _prepared_call
-from config.settings import Settings
+from config.settings import Settings, normalize_database_url
+from tests.conftest import ADMIN_URL, RUN_ID
 from tests.servers import flask_db_upgrade
 
 T0 = datetime(2026, 3, 1)
@@ -294,13 +296,33 @@ def plan_nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
         yield from plan_nodes(child)
 
 
+@pytest.fixture
+def own_database(base_env: dict[str, str]) -> Iterator[str]:
+    """A migrated PostgreSQL database of the test's own: the statistics it makes PostgreSQL
+    keep (ANALYZE) would change other tests' plans."""
+    name = f"lb_test_{RUN_ID}_stats"
+    admin = psycopg2.connect(ADMIN_URL)
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}"')
+    url = ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+    try:
+        flask_db_upgrade({**base_env, "DATABASE_URL": url})
+        yield url
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
 def test_a_friends_list_walks_the_changes_once_per_friend(
-    engine: Engine, make_settings: Callable[..., Settings]
+    own_database: str, make_settings: Callable[..., Settings]
 ) -> None:
     """Beside many small boards the planner expects one row for a board, and a generic plan
     of the friends query that joined the friends to their buckets' running sum ran that
     sum again for every friend (1,601 walks of rank_deltas for 50 friends here; 100
     friends on 1,000,000 users took 21 ms instead of 4, measured)."""
+    engine = create_engine(normalize_database_url(own_database))
     board = Board(id="crowded", top_n=10, channel="unused")
     for name in [board.id] + [f"small{i}" for i in range(300)]:
         ensure_board(engine, name)
@@ -325,7 +347,7 @@ def test_a_friends_list_walks_the_changes_once_per_friend(
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.execute(text("ANALYZE scores, rank_deltas, rank_buckets"))
     friends = [f"user{i}" for i in range(1, 2000, 40)]
-    settings = make_settings()
+    settings = make_settings(DATABASE_URL=own_database)
     service = create_engine(settings.database_url, **settings.flask_config()["SQLALCHEMY_ENGINE_OPTIONS"])
     connection = service.raw_connection()  # the services' connection options: generic plans
     try:
@@ -344,7 +366,4 @@ def test_a_friends_list_walks_the_changes_once_per_friend(
     assert got == sorted((expected[user][1], user) for user in friends)
     walks = sum(node["Actual Loops"] for node in plan_nodes(plan) if node.get("Relation Name") == "rank_deltas")
     assert walks <= len(friends), f"rank_deltas walked {walks} times for {len(friends)} friends"
-    with engine.begin() as conn:
-        conn.execute(text("DELETE FROM scores"))
-    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        conn.execute(text("ANALYZE scores, rank_deltas, rank_buckets"))  # no other test plans on these statistics
+    engine.dispose()
