@@ -83,7 +83,11 @@ def test_one_connection_per_worker_follows_every_board_whatever_the_viewers(
     owners = [b for b in ids for _ in range(60)]
     swarm = Swarm(Viewer(f"{board.url}/boards/{b}/events") for b in owners)
     assert swarm.wait_until(lambda: all(v.frames for v in swarm.viewers), timeout=20)
-    pids = {stats(board)["pid"] for _ in range(20)}
+    # Either worker may take a new connection; asked often enough, both answer.
+    pids: set[int] = set()
+    deadline = time.monotonic() + 15
+    while len(pids) < 2 and time.monotonic() < deadline:
+        pids.add(stats(board)["pid"])
     assert len(pids) == 2
     for pid in pids:
         (connection,) = hub_connections(redis_conn, pid)
