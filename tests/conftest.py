@@ -18,6 +18,7 @@ import os
 import secrets
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -57,7 +58,13 @@ def auth(user: str = "alice", **claims: Any) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def database_url() -> Iterator[str]:
     """A PostgreSQL database of this run's own, migrated, dropped afterwards."""
-    name = f"lb_test_{RUN_ID}"
+    with created_database(f"lb_test_{RUN_ID}") as url:
+        yield url
+
+
+@contextmanager
+def created_database(name: str) -> Iterator[str]:
+    """An empty PostgreSQL database `name` (its URL), dropped afterwards."""
     admin = psycopg2.connect(ADMIN_URL)
     admin.autocommit = True
     with admin.cursor() as cur:

@@ -9,7 +9,6 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import psycopg2
 import pytest
 import redis
 from sqlalchemy import Engine, create_engine, text
@@ -19,7 +18,7 @@ from app.leaderboard import Board, BoardCache, BoardRegistry, ranks
 from app.leaderboard.ranks import BUCKET_SIZE, COMPACT_AT_BACKLOG, Entry, compact_rank_index, exact_rank, rank_backlog
 from app.sql import _prepared_call
 from config.settings import Settings, normalize_database_url
-from tests.conftest import ADMIN_URL, RUN_ID
+from tests.conftest import RUN_ID, created_database
 from tests.servers import flask_db_upgrade
 
 T0 = datetime(2026, 3, 1)
@@ -300,19 +299,9 @@ def plan_nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
 def own_database(base_env: dict[str, str]) -> Iterator[str]:
     """A migrated PostgreSQL database of the test's own: the statistics it makes PostgreSQL
     keep (ANALYZE) would change other tests' plans."""
-    name = f"lb_test_{RUN_ID}_stats"
-    admin = psycopg2.connect(ADMIN_URL)
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
-    url = ADMIN_URL.rsplit("/", 1)[0] + "/" + name
-    try:
+    with created_database(f"lb_test_{RUN_ID}_stats") as url:
         flask_db_upgrade({**base_env, "DATABASE_URL": url})
         yield url
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
 
 
 def test_a_friends_list_walks_the_changes_once_per_friend(
@@ -352,7 +341,7 @@ def test_a_friends_list_walks_the_changes_once_per_friend(
     connection = service.raw_connection()  # the services' connection options: generic plans
     try:
         cursor = connection.cursor()
-        sql = ranks.RANKS_OF.replace("{listed}", "= ANY(:user_ids)")
+        sql = ranks.RANKS_OF.replace("{listed}", ranks._LISTED["postgresql"])
         params = {"board": board.id, "period": "", "user_ids": friends}
         statement, args = _prepared_call(service, connection.dbapi_connection, "friends", sql, params)
         cursor.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + statement, args)
