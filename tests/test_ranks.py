@@ -341,7 +341,7 @@ def test_a_friends_list_walks_the_changes_once_per_friend(
     connection = service.raw_connection()  # the services' connection options: generic plans
     try:
         cursor = connection.cursor()
-        sql = ranks.RANKS_OF.replace("{listed}", ranks._LISTED["postgresql"])
+        sql = ranks.in_dialect(ranks.RANKS_OF, "postgresql")
         params = {"board": board.id, "period": "", "user_ids": friends}
         statement, args = _prepared_call(service, connection.dbapi_connection, "friends", sql, params)
         cursor.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + statement, args)
