@@ -37,7 +37,7 @@ import time
 from typing import Any
 
 import gevent
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -47,6 +47,7 @@ from app.leaderboard.ranks import (
     COMPACT_AT_AGE_SECONDS,
     COMPACT_AT_BACKLOG,
     Compaction,
+    backlogs,
     compact_rank_index,
 )
 from app.leaderboard.rebuild import Drift, board_drift, rebuild_board
@@ -57,7 +58,7 @@ RECONCILE_EVERY_SECONDS = 1.0
 # How long after a period's end the keeper wakes to switch: past the end by
 # the database's clock even with a few milliseconds of error in the skew.
 PERIOD_SWITCH_DELAY_SECONDS = 0.05
-COMPACTION_CHECK_EVERY = 2  # reconcile rounds (the check is one grouped count of rank_deltas)
+COMPACTION_CHECK_EVERY = 2  # reconcile rounds (the check is one statement, app.leaderboard.ranks.backlogs)
 # Reconcile rounds between two reads of every board's settings: well within
 # BoardRegistry.TTL, so a request never waits for SQL to look a board up.
 REGISTRY_EVERY = 2
@@ -67,12 +68,9 @@ ALL_BOARDS_EVERY = 3
 # Boards besides the default and the stale ones whose entries one round compares with SQL.
 SWEEP_PER_ROUND = 5
 
-# Changes waiting per board, in one pass over the index (compaction keeps
-# each board's backlog short, so the whole is too).
-_BACKLOGS = "SELECT board, period, count(*) FROM rank_deltas GROUP BY board, period"
-_BUCKETED = "SELECT DISTINCT board, period FROM rank_buckets"
 # A board without buckets (a few hundred users) never reads its changes: they
-# are only cleared now and then, so a thousand small boards cost little.
+# are only cleared now and then, so a thousand small boards cost little. It is
+# compacted sooner once it holds enough users to want buckets.
 UNREAD_CHANGES_KEPT_SECONDS = 600.0
 
 
@@ -215,14 +213,15 @@ class BoardKeeper:
     def compact_rank_indexes_if_due(self) -> dict[tuple[str, str], Compaction | None]:
         """Compact the rank index of every board's period with enough changes waiting, or with any
         for long enough; answers by (board, period)."""
-        with self.engine.connect() as connection:
-            backlogs = {(board, period): int(count) for board, period, count in connection.execute(text(_BACKLOGS))}
-            bucketed = {(board, period) for board, period in connection.execute(text(_BUCKETED))}
         done: dict[tuple[str, str], Compaction | None] = {}
-        for part, backlog in backlogs.items():
+        for backlog in backlogs(self.engine):
+            part = (backlog.board, backlog.period)
             waited = time.monotonic() - self._last_compaction.get(part, self._started)
-            age = COMPACT_AT_AGE_SECONDS if part in bucketed else UNREAD_CHANGES_KEPT_SECONDS
-            if backlog >= COMPACT_AT_BACKLOG or waited >= age:
+            if backlog.bucketed:
+                due = backlog.waiting >= COMPACT_AT_BACKLOG or waited >= COMPACT_AT_AGE_SECONDS
+            else:
+                due = backlog.outgrown or waited >= UNREAD_CHANGES_KEPT_SECONDS
+            if due:
                 done[part] = self.compact_rank_index(*part)
         return done
 

@@ -180,6 +180,64 @@ def test_compaction_racing_writers_keeps_ranks_exact(engine: Engine) -> None:
     assert_exact(engine, board)
 
 
+def naive_backlogs(engine: Engine) -> set[ranks.Backlog]:
+    """Every period's changes counted one by one: the definition of ranks.backlogs."""
+    with engine.connect() as conn:
+        parts = conn.execute(text("SELECT board, period, count(*) FROM rank_deltas GROUP BY board, period")).all()
+        found = set()
+        for board, period, waiting in parts:
+            where = {"b": board, "p": period}
+            buckets = conn.execute(
+                text("SELECT count(*) FROM rank_buckets WHERE board = :b AND period = :p"), where
+            ).scalar_one()
+            held = conn.execute(text("SELECT count(*) FROM scores WHERE board = :b AND period = :p"), where)
+            bucketed = buckets > 0
+            found.add(
+                ranks.Backlog(
+                    board,
+                    period,
+                    bucketed,
+                    min(waiting, COMPACT_AT_BACKLOG) if bucketed else 0,
+                    not bucketed and held.scalar_one() >= 2 * BUCKET_SIZE,
+                )
+            )
+    return found
+
+
+def test_backlogs_name_each_period_with_changes_and_what_it_waits_for(any_engine: Engine) -> None:
+    """With buckets: the changes waiting; without: whether the board wants buckets now. A
+    period of a board with resets is a part of its own."""
+    for i in range(2 * BUCKET_SIZE + 30):  # bucketed, then changed
+        write(any_engine, "bucketed", f"user{i}", i, T0)
+    compact_rank_index(any_engine, "bucketed")
+    for i in range(40):
+        write(any_engine, "bucketed", f"user{i}", 10_000 + i, T0)
+    for i in range(2 * BUCKET_SIZE):  # no buckets yet, and big enough for them
+        write(any_engine, "grown", f"user{i}", i, T0)
+    for i in range(5):  # small: its changes are never read
+        write(any_engine, "small", f"user{i}", i, T0)
+    for i in range(2 * BUCKET_SIZE):  # bucketed, and nothing changed since: not listed
+        write(any_engine, "quiet", f"user{i}", i, T0)
+    compact_rank_index(any_engine, "quiet")
+    with any_engine.begin() as conn:  # a period of its own, beside the board's rows without one
+        conn.execute(
+            text(
+                "INSERT INTO scores (board, user_id, total, reached_at, version, period)"
+                " VALUES ('small', 'later', 7, :r, 1, '2026-12')"
+            ),
+            {"r": T0},
+        )
+    mine = {"bucketed", "grown", "small", "quiet"}
+    got = {backlog for backlog in ranks.backlogs(any_engine) if backlog.board in mine}
+    assert got == {
+        ranks.Backlog("bucketed", "", bucketed=True, waiting=80, outgrown=False),
+        ranks.Backlog("grown", "", bucketed=False, waiting=0, outgrown=True),
+        ranks.Backlog("small", "", bucketed=False, waiting=0, outgrown=False),
+        ranks.Backlog("small", "2026-12", bucketed=False, waiting=0, outgrown=False),
+    }
+    assert set(ranks.backlogs(any_engine)) == naive_backlogs(any_engine)  # every other test's too
+
+
 def test_the_keeper_compacts_a_large_backlog(engine: Engine, redis_conn: redis.Redis, registry: BoardRegistry) -> None:
     board = "keeper"
     ensure_board(engine, board)
@@ -200,6 +258,24 @@ def test_the_keeper_compacts_a_large_backlog(engine: Engine, redis_conn: redis.R
     expected = naive_ranks(engine, board)
     sample = random.Random(1).sample(sorted(expected), 200)
     assert {u: exact_rank(engine, board, expected[u][0]) for u in sample} == {u: expected[u][1] for u in sample}
+
+
+def test_the_keeper_gives_a_grown_board_buckets_and_leaves_a_small_boards_changes(
+    engine: Engine, redis_conn: redis.Redis, registry: BoardRegistry
+) -> None:
+    """A board without buckets is compacted as soon as it holds enough users to want them,
+    however few changes wait; a small one's changes wait (nothing reads them)."""
+    for i in range(2 * BUCKET_SIZE):
+        write(engine, "keeper-grown", f"user{i}", i, T0)
+    for i in range(5):
+        write(engine, "keeper-small", f"user{i}", i, T0)
+    done = BoardKeeper(engine, BoardCache(redis_conn), registry).compact_rank_indexes_if_due()
+    assert done["keeper-grown", ""] is not None
+    assert ("keeper-small", "") not in done
+    with engine.connect() as conn:
+        assert rank_backlog(conn, "keeper-grown") == 0
+        assert rank_backlog(conn, "keeper-small") == 5
+    assert_exact(engine, "keeper-grown")
 
 
 # -- pages, around a user, friends --------------------------------------------
