@@ -456,6 +456,9 @@ def write_report(
             "",
             "The floors are read at 4 connections, where the two cores are saturated (wrk, the workers and",
             "PostgreSQL share them) and a query waits behind the others; one at a time shows a query's own time.",
+            "The changes waiting are made by one UPDATE after the other runs, and served by a board service",
+            "started after it (one that has run for a minute compacts a board at the first change it sees):"
+            f" {ranks.get('changes_waiting_at_the_end', '?')} of them were still waiting at the end.",
         ]
     if befores:
         lines += _before_and_after(befores, results)
