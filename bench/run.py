@@ -42,7 +42,7 @@ from sqlalchemy import create_engine
 from sqlalchemy.orm import Session
 
 from app.leaderboard import Board, BoardCache, BoardDefaults, BoardKeys, BoardRegistry, Submitted
-from app.leaderboard.ranks import COMPACT_AT_BACKLOG
+from app.leaderboard.ranks import COMPACT_AT_BACKLOG, rank_backlog
 from app.leaderboard.rebuild import rebuild_board
 from app.leaderboard.writes import submit_score
 from bench.report import write_report
@@ -759,9 +759,8 @@ class Run:
     # -- 4. ranks ---------------------------------------------------------
 
     def rank_backlog(self, board: str) -> int:
-        with psycopg2.connect(self.env["DATABASE_URL"]) as connection, connection.cursor() as cur:
-            cur.execute("SELECT count(*) FROM rank_deltas WHERE board = %s", (board,))
-            return int(cur.fetchone()[0])
+        with self.engine.connect() as connection:
+            return rank_backlog(connection, board, limit=self.sizes.rank_users)
 
     def ranks(self) -> None:
         sizes = self.sizes

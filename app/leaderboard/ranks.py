@@ -24,6 +24,7 @@ Never imports Flask.
 from __future__ import annotations
 
 import bisect
+import functools
 import itertools
 import json
 import logging
@@ -124,6 +125,19 @@ def rank_backlog(
     return int(connection.execute(select(func.count()).select_from(waiting)).scalar_one())
 
 
+def _parts_in(name: str, table: str) -> str:
+    """A CTE `name`: each (board, period) that has rows in `table`, one index probe each."""
+    return f"""
+    {name} AS (
+        (SELECT board, period FROM {table} ORDER BY board, period LIMIT 1)
+        UNION ALL
+        SELECT next.board, next.period FROM {name} CROSS JOIN LATERAL (
+            SELECT board, period FROM {table}
+            WHERE (board, period) > ({name}.board, {name}.period) ORDER BY board, period LIMIT 1
+        ) AS next
+    )"""
+
+
 # Every board's period with changes waiting, without reading them all: the periods with changes
 # and those with buckets, by one probe of each table's index per period (a loose index scan);
 # then, with buckets, their changes counted up to :backlog, and without, whether :outgrown rows
@@ -131,22 +145,11 @@ def rank_backlog(
 # and counting them was counting every write: a thousand small boards written for a few minutes
 # left 300,000, and one grouped count of them took 40 ms of the database (measured).
 _BACKLOGS = {
-    "postgresql": """
-    WITH RECURSIVE changed AS (
-        (SELECT board, period FROM rank_deltas ORDER BY board, period LIMIT 1)
-        UNION ALL
-        SELECT next.board, next.period FROM changed CROSS JOIN LATERAL (
-            SELECT board, period FROM rank_deltas
-            WHERE (board, period) > (changed.board, changed.period) ORDER BY board, period LIMIT 1
-        ) AS next
-    ), bucketed AS (
-        (SELECT board, period FROM rank_buckets ORDER BY board, period LIMIT 1)
-        UNION ALL
-        SELECT next.board, next.period FROM bucketed CROSS JOIN LATERAL (
-            SELECT board, period FROM rank_buckets
-            WHERE (board, period) > (bucketed.board, bucketed.period) ORDER BY board, period LIMIT 1
-        ) AS next
-    ), parts AS (
+    "postgresql": "WITH RECURSIVE"
+    + _parts_in("changed", "rank_deltas")
+    + ","
+    + _parts_in("bucketed", "rank_buckets")
+    + """, parts AS (
         SELECT changed.board, changed.period, bucketed.board IS NOT NULL AS bucketed
         FROM changed LEFT JOIN bucketed ON bucketed.board = changed.board AND bucketed.period = changed.period
     )
@@ -563,6 +566,7 @@ RANKS_OF = (
 _LISTED = {"postgresql": "= ANY(:user_ids)", "sqlite": "IN (SELECT value FROM json_each(:user_ids))"}
 
 
+@functools.cache
 def in_dialect(sql: str, dialect: str) -> str:
     """AROUND or RANKS_OF as `dialect` runs it: its bucket probe and its list of ids."""
     return sql.replace("{bucket_of}", _BUCKET_OF[dialect]).replace("{listed}", _LISTED[dialect])
