@@ -21,6 +21,7 @@ from app.leaderboard.writes import group_commit
 from app.openapi import openapi_document
 from app.ratelimit import UserRateLimit, key_prefix
 from app.request_id import RequestIdFilter, init_request_id
+from app.sql import check_when_handed_out
 from config.logs import configure_logging
 from config.redis_url import CLUSTER
 from config.settings import INSTANCE_DIR, PROJECT_ROOT, Settings
@@ -75,9 +76,10 @@ def _build_app(name: str, settings: Settings | None) -> Flask:
         Path(app.instance_path).mkdir(parents=True, exist_ok=True)
 
     db.init_app(app)
-    if settings.is_sqlite:
-        with app.app_context():
+    with app.app_context():
+        if settings.is_sqlite:
             event.listen(db.engine, "connect", use_sqlite_wal)
+        check_when_handed_out(db.engine)
     migrate.init_app(app, db, directory=str(MIGRATIONS_DIR))
     auth.init_auth(app)
     client = init_redis(app.extensions, settings.redis, settings.redis_timeout_seconds, name)

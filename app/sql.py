@@ -10,7 +10,9 @@ epoch) and `{greatest}`, `{least}` for the larger or smaller of two values, and 
 
 from __future__ import annotations
 
+import functools
 import re
+import select
 import threading
 import weakref
 from collections import deque
@@ -18,7 +20,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any
 
-from sqlalchemy import Engine
+from gevent.monkey import get_original
+from sqlalchemy import Engine, event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import Pool, QueuePool
@@ -60,6 +63,42 @@ def adapt(engine: Engine, sql: str) -> str:
             text = re.sub(r"(?<!:):(\w+)", r"%(\1)s", text)
         _ADAPTED[dialect, sql] = text
     return _ADAPTED[dialect, sql]
+
+
+def check_when_handed_out(engine: Engine) -> None:
+    """PostgreSQL: the pool hands out no connection the server has closed, and pings none it has not.
+
+    SQLAlchemy's `pool_pre_ping` sends `SELECT 1` before every use: a round
+    trip that wakes PostgreSQL, per request on the board service and per
+    batch on the write path (9% of a board worker's samples serving friends
+    lists; docs/write-path-profile.md). A connection the server closed while
+    it sat in the pool (a restart, `pg_terminate_backend`, an idle timeout)
+    has something to read: the server's last message, then the end of the
+    stream. So the socket is looked at first, without blocking (`poll`, no
+    round trip), and only a connection with something to read is pinged;
+    one the ping fails is replaced, as with `pool_pre_ping`. What this does
+    not see, a server gone without a word (a partition), the ping would have
+    waited out too: the statement fails within `tcp_user_timeout` instead.
+    """
+    if engine.dialect.name == "postgresql":
+        event.listen(engine, "checkout", functools.partial(_check_handed_out, engine))
+
+
+# The operating system's poll, not gevent's: a look at the socket that never waits or switches greenlets.
+_poll = get_original("select", "poll")
+
+
+def _check_handed_out(engine: Engine, dbapi_connection: Any, record: Any, proxy: Any) -> None:
+    if dbapi_connection.closed:
+        raise sa_exc.DisconnectionError("connection closed")
+    looking = _poll()
+    looking.register(dbapi_connection.fileno(), select.POLLIN)
+    if not looking.poll(0):
+        return  # nothing came while it was pooled: as the server left it
+    try:
+        engine.dialect.do_ping(dbapi_connection)
+    except engine.dialect.loaded_dbapi.Error as error:
+        raise sa_exc.DisconnectionError(f"connection lost: {error}") from error
 
 
 class FairGate:

@@ -20,10 +20,12 @@ from flask import Flask, request
 from sqlalchemy import create_engine
 
 from app.leaderboard import BoardCache, BoardDefaults, BoardRegistry, Standing, records
+from app.sql import check_when_handed_out
 from config.settings import Settings
 
 settings = Settings.from_env()
 engine = create_engine(settings.database_url, **settings.flask_config()["SQLALCHEMY_ENGINE_OPTIONS"])
+check_when_handed_out(engine)  # the service's pool, as it is set up
 cache = BoardCache(redis.Redis.from_url(settings.redis_url, decode_responses=True))
 registry = BoardRegistry(
     engine,

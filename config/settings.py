@@ -217,10 +217,11 @@ class Settings:
 
     def flask_config(self) -> dict[str, Any]:
         """The Flask and extension configuration these settings imply."""
-        # A ping before each use: after a database restart no request meets a
-        # dead connection. It costs a round trip per checkout, within the
-        # benchmark's noise (BENCHMARKS.md).
-        engine_options: dict[str, Any] = {"pool_pre_ping": True}
+        # No ping before each use on PostgreSQL: app.sql.check_when_handed_out
+        # looks at a pooled connection's socket instead, and pings only one the
+        # server has said something on (closing it, after a restart), so no
+        # request meets a dead connection and a live one costs no round trip.
+        engine_options: dict[str, Any] = {"pool_pre_ping": self.is_sqlite}
         if self.is_sqlite:
             # SQLite serialises writers; wait for the lock instead of failing at once.
             engine_options["connect_args"] = {"timeout": self.db_timeout_seconds}

@@ -80,7 +80,7 @@ def test_every_variable_is_read() -> None:
     config = settings.flask_config()
     assert config["JWT_DECODE_ALGORITHMS"] == ["HS256"]
     assert config["JWT_DECODE_ISSUER"] == "https://id.example.com"
-    assert config["SQLALCHEMY_ENGINE_OPTIONS"]["pool_pre_ping"] is True
+    assert config["SQLALCHEMY_ENGINE_OPTIONS"]["pool_pre_ping"] is False  # app.sql.check_when_handed_out
     assert "statement_timeout=2500" in config["SQLALCHEMY_ENGINE_OPTIONS"]["connect_args"]["options"]
 
 
