@@ -230,26 +230,33 @@ def fetch_all(
     """Every row of a read-only statement, in autocommit: one statement, one snapshot, one round trip.
 
     With `prepared` (a name), PostgreSQL plans the statement once per
-    connection and keeps the plan: for the long ranking statements, planning
-    costs more than running them. It plans it without sequential scans
-    (WITHOUT_SEQSCANS).
+    connection and keeps the plan: for the long ranking statements, and the
+    write path's batch statement, planning costs about as much as running
+    them, or more. It plans it without sequential scans (WITHOUT_SEQSCANS).
     """
     with one_statement(engine) as cursor:
-        if prepared is None or engine.dialect.name != "postgresql":
-            cursor.execute(adapt(engine, sql), params)
-        else:
-            statement, args = _prepared_call(engine, cursor.connection, prepared, sql, params)
-            cursor.execute(WITHOUT_SEQSCANS + statement, args)
+        execute(engine, cursor, sql, params, prepared=prepared)
         return [tuple(row) for row in cursor.fetchall()]
 
 
+def execute(engine: Engine, cursor: Any, sql: str, params: dict[str, Any], *, prepared: str | None = None) -> None:
+    """Run `sql` (as written for `adapt`) on `cursor`; with `prepared` (a name unique to `sql`), on
+    PostgreSQL, as a statement prepared once per connection and planned without sequential scans."""
+    if prepared is None or engine.dialect.name != "postgresql":
+        cursor.execute(adapt(engine, sql), params)
+    else:
+        statement, args = _prepared_call(engine, cursor.connection, prepared, sql, params)
+        cursor.execute(WITHOUT_SEQSCANS + statement, args)
+
+
 # Sent with each prepared statement, in the same string: one implicit transaction, so the
-# setting holds for that statement and its planning only. The ranking statements walk
-# indexes, some of them once per bucket or per friend; on a table as small as the changes
-# waiting between two compactions (a few thousand rows), a plan would rather read the whole
-# table each time. With 2,000 changes waiting on 1,000,000 users, that took a page from 2.8
-# to 7.6 ms and a friends list of 100 from 6.0 to 17.8 ms (prepared, medians of 300 calls;
-# the same with none waiting).
+# setting holds for that statement and its planning only. Every statement prepared walks
+# indexes, none is better off reading a whole table, and the ranking statements walk some
+# once per bucket or per friend: on a table as small as the changes waiting between two
+# compactions (a few thousand rows), a plan would rather read the whole table each time.
+# With 2,000 changes waiting on 1,000,000 users, that took a page from 2.8 to 7.6 ms and a
+# friends list of 100 from 6.0 to 17.8 ms (prepared, medians of 300 calls; the same with
+# none waiting).
 WITHOUT_SEQSCANS = "SET LOCAL enable_seqscan = off; "
 
 

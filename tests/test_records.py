@@ -9,7 +9,7 @@ from sqlalchemy import Engine, create_engine, text
 
 from app.leaderboard import Board, BoardRegistry, records
 from app.leaderboard.rules import OPERATORS
-from app.sql import adapt
+from app.sql import WITHOUT_SEQSCANS, _prepared_call, adapt
 from config.settings import Settings
 
 
@@ -50,6 +50,19 @@ def plan(engine: Engine, sql: str, params: dict[str, object]) -> str:
         connection.close()
 
 
+def served_plan(engine: Engine, name: str, sql: str, params: dict[str, object]) -> str:
+    """The generic plan PostgreSQL keeps for `sql` prepared as app.sql.execute prepares it."""
+    connection = engine.raw_connection()
+    try:
+        cursor = connection.cursor()
+        statement, args = _prepared_call(engine, connection.dbapi_connection, name, sql, params)
+        cursor.execute(WITHOUT_SEQSCANS + "EXPLAIN " + statement, args)
+        return "\n".join(row[0] for row in cursor.fetchall())
+    finally:
+        connection.rollback()
+        connection.close()
+
+
 @pytest.mark.parametrize("operator", OPERATORS)
 def test_the_rank_count_walks_the_rank_index_and_stops_at_n(
     engine: Engine, service_engine: Engine, busy_board: Board, operator: str
@@ -77,3 +90,10 @@ def test_the_rank_count_walks_the_rank_index_and_stops_at_n(
         shown = plan(service_engine, sql, params)
         assert "ix_scores_rank" in shown, shown
         assert "Bitmap" not in shown, shown
+    # The batch statement as the write path runs it: prepared, with the plan kept for any batch.
+    many = records._for_rule("postgresql", records._UPSERT_MANY_AND_AHEAD, operator, False)
+    shown = served_plan(service_engine, f"shown_{operator}", many, params)
+    for index in ("ix_scores_rank", "pk_scores"):
+        assert index in shown, shown
+    for scan in ("Bitmap", "Seq Scan"):
+        assert scan not in shown, shown

