@@ -84,8 +84,9 @@ def test_as_many_hold_at_once_as_there_are_permits() -> None:
 @pytest.fixture
 def pooled(make_settings: Callable[..., Settings]) -> Iterator[Engine]:
     """One pooled connection, set up as the services set up theirs."""
-    options = make_settings().flask_config()["SQLALCHEMY_ENGINE_OPTIONS"] | {"pool_size": 1}
-    service = create_engine(make_settings().database_url, **options)
+    settings = make_settings()
+    options = settings.flask_config()["SQLALCHEMY_ENGINE_OPTIONS"] | {"pool_size": 1}
+    service = create_engine(settings.database_url, **options)
     check_when_handed_out(service)
     yield service
     service.dispose()
