@@ -17,7 +17,7 @@ import psycopg2
 import redis
 
 from tests.conftest import wait_until
-from tests.servers import free_port
+from tests.servers import free_port, free_ports
 
 
 class PrivateRedis:
@@ -77,7 +77,7 @@ class PrivateSentinels:
         self.down_after_ms = down_after_ms
         self.primary = PrivateRedis(self._dir("primary"))
         self.replica = PrivateRedis(self._dir("replica"), replica_of=self.primary)
-        self.sentinel_ports = [free_port() for _ in range(3)]
+        self.sentinel_ports = free_ports(3)
         self.sentinels: list[subprocess.Popen[bytes]] = []
         hosts = ",".join(f"127.0.0.1:{port}" for port in self.sentinel_ports)
         self.url = f"redis+sentinel://{hosts}/{self.SERVICE}/0"
@@ -146,8 +146,9 @@ class PrivateCluster:
     def __init__(self, workdir: Path, node_timeout_ms: int = 1000) -> None:
         self.workdir = workdir
         self.node_timeout_ms = node_timeout_ms
-        self.ports = [free_port() for _ in range(6)]
-        self.bus_ports = [free_port() for _ in range(6)]  # set, not port + 10000 (past 65535 for a high port)
+        # Bus ports set, not port + 10000 (past 65535 for a high port).
+        picked = free_ports(12)
+        self.ports, self.bus_ports = picked[:6], picked[6:]
         self.processes: dict[int, subprocess.Popen[bytes]] = {}
         self.url = "redis+cluster://" + ",".join(f"127.0.0.1:{port}" for port in self.ports[:3])
 
