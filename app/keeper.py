@@ -23,6 +23,8 @@
   earlier period.
 - About every two seconds, it compacts the rank index of the boards where
   that is due.
+- Once a new `scores` table holds a few rows, it gives PostgreSQL statistics
+  for it if autovacuum has not yet (app.leaderboard.records.give_scores_statistics).
 
 Every worker runs one; they do not coordinate. Rebuilds are idempotent and
 never move a value backwards, and compaction takes a lock, so overlapping
@@ -51,6 +53,7 @@ from app.leaderboard.ranks import (
     compact_rank_index,
 )
 from app.leaderboard.rebuild import Drift, board_drift, rebuild_board
+from app.leaderboard.records import give_scores_statistics
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +94,7 @@ class BoardKeeper:
         self._greenlet: gevent.Greenlet[Any] | None = None
         self._failing_since: float | None = None
         self._server: str | None = None  # the run id of the Redis server that answered last
+        self._scores_have_statistics = False
 
     def start(self) -> None:
         if self._greenlet is None or self._greenlet.dead:
@@ -105,6 +109,8 @@ class BoardKeeper:
                 self.reconcile()
                 if self._rounds % COMPACTION_CHECK_EVERY == 0:
                     self.compact_rank_indexes_if_due()
+                if not self._scores_have_statistics:
+                    self._scores_have_statistics = give_scores_statistics(self.engine)
                 self._failing_since = None
             except (*REDIS_ERRORS, SQLAlchemyError) as exc:
                 # An outage: say so once, then keep trying quietly.

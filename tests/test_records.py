@@ -39,6 +39,101 @@ def service_engine(make_settings: Callable[..., Settings], engine: Engine) -> It
     service.dispose()
 
 
+@pytest.fixture
+def new_tables(engine: Engine, make_settings: Callable[..., Settings], board_name: str) -> Iterator[Engine]:
+    """A service's engine on `boards` and `scores` as new: empty, never analyzed, in a schema of
+    their own (with this run's default board, and the indexes' names)."""
+    schema = f"new_{board_name}"
+    with engine.begin() as conn:
+        conn.execute(text(f"CREATE SCHEMA {schema}"))
+        for table in ("boards", "scores"):
+            conn.execute(text(f"CREATE TABLE {schema}.{table} (LIKE public.{table} INCLUDING ALL)"))
+        conn.execute(text(f"ALTER INDEX {schema}.scores_pkey RENAME TO pk_scores"))
+        conn.execute(text(f"ALTER INDEX {schema}.scores_board_period_rank_key_idx RENAME TO ix_scores_rank"))
+        copy = f"INSERT INTO {schema}.boards SELECT * FROM public.boards WHERE id = :id"  # noqa: S608 - ours
+        conn.execute(text(copy), {"id": board_name})
+    settings = make_settings(PGOPTIONS=f"-c search_path={schema}")
+    service = create_engine(settings.database_url, **settings.flask_config()["SQLALCHEMY_ENGINE_OPTIONS"])
+    yield service
+    service.dispose()
+    with engine.begin() as conn:
+        conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+
+
+def fill(engine: Engine, board: str, users: int, first: int = 1) -> None:
+    """Users `user<first>` onwards on `board`."""
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO scores (board, user_id, total, reached_at, version)"
+                " SELECT :board, 'user' || i, i, now(), 1 FROM generate_series(:first, :first + :users - 1) AS i"
+            ),
+            {"board": board, "users": users, "first": first},
+        )
+
+
+def analyze_count(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return int(
+            conn.execute(
+                text(
+                    "SELECT analyze_count + autoanalyze_count FROM pg_stat_user_tables"
+                    " WHERE schemaname = current_schema() AND relname = 'scores'"
+                )
+            ).scalar_one()
+        )
+
+
+def test_a_new_table_is_given_statistics_once_it_holds_a_few_rows(new_tables: Engine, board_name: str) -> None:
+    assert not records.give_scores_statistics(new_tables)
+    fill(new_tables, board_name, records.STATISTICS_AT_ROWS - 1)
+    assert not records.give_scores_statistics(new_tables)
+    assert analyze_count(new_tables) == 0
+    fill(new_tables, board_name, 1, first=records.STATISTICS_AT_ROWS)
+    assert records.give_scores_statistics(new_tables)
+    assert analyze_count(new_tables) == 1
+    assert records.give_scores_statistics(new_tables)  # it has them: nothing more to do
+    assert analyze_count(new_tables) == 1
+
+
+def test_a_statement_planned_on_an_empty_table_finds_the_row_by_its_key_once_the_table_has_statistics(
+    new_tables: Engine, registry: BoardRegistry, board_name: str
+) -> None:
+    """The services plan each prepared statement once, at its first run: on a new deployment,
+    that is on an empty table (the planner walked the rank index for the user's own row)."""
+    board = registry.get(board_name)
+    assert board is not None
+    params: dict[str, object] = {
+        "boards": [board.id] * 2,
+        "uids": [board.uid] * 2,
+        "user_ids": ["user1", "user2"],
+        "submitted_values": [1, 1],
+        "top_ns": [10, 10],
+        "periods": ["", ""],
+        "period_starts": [None, None],
+        "period_ends": [None, None],
+    }
+    many = records._for_rule("postgresql", records._UPSERT_MANY_AND_AHEAD, board.operator, board.ascending)
+    connection = new_tables.raw_connection()  # one connection: its plan is the one kept
+    try:
+        cursor = connection.cursor()
+        statement, args = _prepared_call(new_tables, connection.dbapi_connection, "new_many", many, params)
+        cursor.execute(WITHOUT_SEQSCANS + "EXPLAIN " + statement, args)
+        connection.rollback()
+        fill(new_tables, board.id, 10_000)
+        assert records.give_scores_statistics(new_tables)
+        cursor.execute(WITHOUT_SEQSCANS + "EXPLAIN " + statement, args)
+        shown = "\n".join(row[0] for row in cursor.fetchall())
+    finally:
+        connection.rollback()
+        connection.close()
+    lookup = next(line for line in shown.splitlines() if line.endswith(" old") or " on scores old " in line)
+    assert "pk_scores" in lookup, shown
+    key = shown.splitlines()[shown.splitlines().index(lookup) + 1]
+    assert "user_id" in key, shown
+    assert "period" in key, shown
+
+
 def plan(engine: Engine, sql: str, params: dict[str, object]) -> str:
     connection = engine.raw_connection()
     try:

@@ -84,18 +84,14 @@ _RANK = """
     + 1
 """
 
-# A user's row is looked up by the key (board, user_id, period), its period
-# compared as `period || ''` so that no planner takes the rank index for it
-# (see app.leaderboard.records). Not a friends list's: that comparison's
-# made-up selectivity (one row of a hundred) turned its joins into nested
-# loops, 10% of the query; on a board big enough for it to matter, the
-# statistics pick the key.
+# A user's row is looked up by its key (board, user_id, period); see
+# app.leaderboard.records.give_scores_statistics for why the planner takes it.
 RANK_OF_KEY = "WITH" + _BUCKET.format(key=":key") + "SELECT" + _RANK.format(key=":key")
 
 # A user's total and rank, one statement: their key is read in the same snapshot.
 USER_RANK = (
     "WITH me AS (SELECT total, rank_key FROM scores"
-    " WHERE board = :board AND user_id = :user_id AND period || '' = :period),"
+    " WHERE board = :board AND user_id = :user_id AND period = :period),"
     + _BUCKET.format(key="(SELECT rank_key FROM me)")
     + "SELECT me.total,"
     + _RANK.format(key="me.rank_key")
@@ -537,7 +533,7 @@ AROUND = (
     "WITH"
     + _SIZE
     + ", me AS (SELECT user_id, total, rank_key FROM scores"
-    + " WHERE board = :board AND user_id = :user_id AND period || '' = :period),"
+    + " WHERE board = :board AND user_id = :user_id AND period = :period),"
     + _placed("mine", "me")
     + """, centred AS (
         -- A bigint, as an offset is: sums of changes are numeric, and rank_buckets' index on
