@@ -109,8 +109,7 @@ class BoardKeeper:
                 self.reconcile()
                 if self._rounds % COMPACTION_CHECK_EVERY == 0:
                     self.compact_rank_indexes_if_due()
-                if not self._scores_have_statistics:
-                    self._scores_have_statistics = give_scores_statistics(self.engine)
+                self.give_scores_statistics_if_new()
                 self._failing_since = None
             except (*REDIS_ERRORS, SQLAlchemyError) as exc:
                 # An outage: say so once, then keep trying quietly.
@@ -215,6 +214,11 @@ class BoardKeeper:
         self.rebuilds += 1
         log.warning("rebuilt board %s from SQL: %s", board.id, why)
         return "rebuilt"
+
+    def give_scores_statistics_if_new(self) -> None:
+        """Until `scores` has statistics, see whether it is time to give it some (one statement)."""
+        if not self._scores_have_statistics:
+            self._scores_have_statistics = give_scores_statistics(self.engine)
 
     def compact_rank_indexes_if_due(self) -> dict[tuple[str, str], Compaction | None]:
         """Compact the rank index of every board's period with enough changes waiting, or with any

@@ -7,7 +7,8 @@ from collections.abc import Callable, Iterator
 import pytest
 from sqlalchemy import Engine, create_engine, text
 
-from app.leaderboard import Board, BoardRegistry, records
+from app.keeper import BoardKeeper
+from app.leaderboard import Board, BoardCache, BoardRegistry, records
 from app.leaderboard.rules import OPERATORS
 from app.sql import WITHOUT_SEQSCANS, _prepared_call, adapt
 from config.settings import Settings
@@ -93,6 +94,20 @@ def test_a_new_table_is_given_statistics_once_it_holds_a_few_rows(new_tables: En
     assert records.give_scores_statistics(new_tables)
     assert analyze_count(new_tables) == 1
     assert records.give_scores_statistics(new_tables)  # it has them: nothing more to do
+    assert analyze_count(new_tables) == 1
+
+
+def test_the_keeper_gives_a_new_table_statistics_once(
+    new_tables: Engine, cache: BoardCache, registry: BoardRegistry, board_name: str
+) -> None:
+    keeper = BoardKeeper(new_tables, cache, registry)
+    keeper.give_scores_statistics_if_new()
+    fill(new_tables, board_name, records.STATISTICS_AT_ROWS)
+    keeper.give_scores_statistics_if_new()
+    assert analyze_count(new_tables) == 1
+    with new_tables.begin() as conn:  # were it to look again, it would find no statistics, and analyze
+        conn.execute(text("DELETE FROM pg_statistic WHERE starelid = 'scores'::regclass"))
+    keeper.give_scores_statistics_if_new()
     assert analyze_count(new_tables) == 1
 
 
