@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -9,8 +10,9 @@ from sqlalchemy import Engine, create_engine, text
 
 from app.keeper import BoardKeeper
 from app.leaderboard import Board, BoardCache, BoardRegistry, records
+from app.leaderboard.boards import utc_now
 from app.leaderboard.rules import OPERATORS
-from app.sql import WITHOUT_SEQSCANS, _prepared_call, adapt
+from app.sql import WITHOUT_SEQSCANS, _prepared_call
 from config.settings import Settings
 
 
@@ -149,17 +151,6 @@ def test_a_statement_planned_on_an_empty_table_finds_the_row_by_its_key_once_the
     assert "period" in key, shown
 
 
-def plan(engine: Engine, sql: str, params: dict[str, object]) -> str:
-    connection = engine.raw_connection()
-    try:
-        cursor = connection.cursor()
-        cursor.execute("EXPLAIN " + sql, params)
-        return "\n".join(row[0] for row in cursor.fetchall())
-    finally:
-        connection.rollback()
-        connection.close()
-
-
 def served_plan(engine: Engine, name: str, sql: str, params: dict[str, object]) -> str:
     """The generic plan PostgreSQL keeps for `sql` prepared as app.sql.execute prepares it."""
     connection = engine.raw_connection()
@@ -195,15 +186,67 @@ def test_the_rank_count_walks_the_rank_index_and_stops_at_n(
         params["rank_key"] = conn.execute(
             text("SELECT max(rank_key) FROM scores WHERE board = :board"), {"board": busy_board.id}
         ).scalar_one()
-    many = records._statement(service_engine, records._UPSERT_MANY_AND_AHEAD, operator, False)
-    for sql in (many, adapt(service_engine, records._AHEAD)):
-        shown = plan(service_engine, sql, params)
-        assert "ix_scores_rank" in shown, shown
-        assert "Bitmap" not in shown, shown
-    # The batch statement as the write path runs it: prepared, with the plan kept for any batch.
+    # Each statement as the write path runs it: prepared, with the plan kept for any values.
+    shown = served_plan(service_engine, "shown_ahead", records._AHEAD, params)
+    assert "ix_scores_rank" in shown, shown
+    assert "Bitmap" not in shown, shown
     many = records._for_rule("postgresql", records._UPSERT_MANY_AND_AHEAD, operator, False)
     shown = served_plan(service_engine, f"shown_{operator}", many, params)
     for index in ("ix_scores_rank", "pk_scores"):
         assert index in shown, shown
     for scan in ("Bitmap", "Seq Scan"):
         assert scan not in shown, shown
+
+
+def index_reads(engine: Engine) -> dict[str, int]:
+    """The index entries read from `scores`' indexes so far, by index, counting those of
+    `engine`'s connection (one: the tests use it one thing at a time) once it is closed:
+    a server process hands in its counts when it ends, if not before."""
+    with engine.connect() as conn:
+        pid = conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
+    engine.dispose()
+    with engine.connect() as conn:
+        deadline = time.monotonic() + 10
+        while (
+            time.monotonic() < deadline
+            and conn.execute(text("SELECT count(*) FROM pg_stat_activity WHERE pid = :pid"), {"pid": pid}).scalar_one()
+        ):
+            time.sleep(0.02)
+        rows = conn.execute(
+            text(
+                "SELECT indexrelname, idx_tup_read FROM pg_stat_user_indexes"
+                " WHERE schemaname = current_schema() AND relname = 'scores'"
+            )
+        )
+        return {name: int(read) for name, read in rows}
+
+
+@pytest.mark.parametrize("path", ["record", "record_many"])
+def test_a_write_to_a_board_the_statistics_have_not_seen_reads_n_entries_not_the_board(
+    new_tables: Engine, registry: BoardRegistry, board_name: str, path: str
+) -> None:
+    """Statistics made before a board filled up (with autovacuum off, nothing makes them again)
+    expect it to hold no rows: a count planned for the board's own id sorted every one of them."""
+    board = registry.get(board_name)
+    assert board is not None
+    fill(new_tables, "another board", 150)
+    with new_tables.connect() as conn:
+        conn.execute(text("ANALYZE scores"))
+        conn.commit()
+    fill(new_tables, board.id, 3000)
+    with new_tables.begin() as conn:  # and as busy as busy_board
+        for _ in range(2):
+            conn.execute(text("UPDATE scores SET total = total + 1 WHERE board = :board"), {"board": board.id})
+    before = index_reads(new_tables)
+    submitted = [records.Submitted(board, "user1", 1)]
+    if path == "record":
+        outcome = records.record(new_tables, submitted, now=utc_now())
+    else:
+        outcome = records.record_many(new_tables, submitted)
+    assert isinstance(outcome, list)
+    [recorded] = outcome
+    assert isinstance(recorded, records.Recorded)
+    assert (recorded.total, recorded.rank) == (4, None)
+    read = {name: count - before[name] for name, count in index_reads(new_tables).items()}
+    assert read["ix_scores_rank"] >= board.top_n  # the count walked it, stopping after N
+    assert sum(read.values()) <= 3 * board.top_n, read

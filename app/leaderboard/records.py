@@ -91,7 +91,10 @@ _AHEAD = """
 # thousands per write on a busy board (docs/write-path-profile.md). The
 # ORDER BY asks for the walk; the connections' `enable_bitmapscan=off`
 # (config.settings) keeps PostgreSQL from sorting a bitmap scan instead when
-# its statistics are stale.
+# its statistics are stale. Both run prepared, on a generic plan: planned for
+# the literal id of a board the statistics have not seen (one made since the
+# last ANALYZE), the count expected one row, and sorted the board's rows found
+# by the key instead of walking the rank index: the whole board, every write.
 
 # PostgreSQL only (SQLite has no INSERT in a WITH): many submissions of one
 # rule, on any boards, in one statement, in autocommit, so one round trip and
@@ -330,7 +333,7 @@ def _read_one(engine: Engine, cursor: Any, one: Submitted) -> Recorded | BoardMi
     if row is None:
         return BoardMissing(one.board.id)
     ahead = {"board": one.board.id, "period": one.board.period_id, "rank_key": row[2], "top_n": one.board.top_n}
-    cursor.execute(adapt(engine, _AHEAD), ahead)
+    execute(engine, cursor, _AHEAD, ahead, prepared="ahead")
     return _recorded(row[0], row[1], row[2], row[3], cursor.fetchone()[0], one.board.top_n, False)
 
 
@@ -348,7 +351,7 @@ def _record_one(engine: Engine, cursor: Any, one: Submitted) -> Recorded:
             raise BoardMissing(board.id)
         if board.operator == "incr":
             raise TotalTooLarge
-    cursor.execute(adapt(engine, _AHEAD), params | {"rank_key": row[2], "top_n": board.top_n})
+    execute(engine, cursor, _AHEAD, params | {"rank_key": row[2], "top_n": board.top_n}, prepared="ahead")
     ahead = cursor.fetchone()[0]
     if not changed:
         return _recorded(row[0], row[1], row[2], row[3], ahead, board.top_n, changed)
