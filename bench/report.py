@@ -28,6 +28,11 @@ def _transport_medians(transports: dict[str, Any]) -> dict[str, dict[str, Any]]:
     }
 
 
+def _rounds(run: dict[str, Any]) -> str:
+    """Every run's throughput of one side, in the order they ran."""
+    return ", ".join(f"{rps:,.0f}" for rps in run.get("rounds_rps", [run["rps"]]))
+
+
 def _floors(results: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
     rows: list[tuple[str, str, bool | None]] = []
     writes = {row["connections"]: row for row in results.get("writes", {}).get("rows", [])}
@@ -253,7 +258,9 @@ def write_report(
             "",
             "## 1. Writes: `POST /score`",
             "",
-            f"wrk, 2 threads, {writes['seconds']} s per run after 2 s of warm-up, {writes['users']:,} distinct users'"
+            f"wrk, 2 threads, {writes['seconds']} s per run after 2 s of warm-up, {writes.get('rounds', 1)} runs of each"
+            " service per connection count, alternating which goes first; each row shows each service's run of"
+            f" median throughput, the ratio is of the two medians, and the last column has every run. {writes['users']:,} distinct users'"
             ' tokens (each thread walks the list from a start of its own), `{"score": 1}`; before the first run,'
             " every token is sent once to each service (a deployment's clients send a token with many writes, so"
             " a service in use has seen it). Both services under gunicorn with",
@@ -263,8 +270,8 @@ def write_report(
             "per write; wrk's own CPU beside them. wrk gives up on a request after 2 s and leaves it out of the",
             "latencies: such timeouts are counted apart.",
             "",
-            "| connections | ours req/s | p50 ms | p99 ms | reference req/s | p50 ms | p99 ms | ours / reference | server CPU (ours / ref) | PostgreSQL CPU ms per write (ours / ref) | wrk CPU | errors (ours / ref) | timeouts (ours / ref) |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "| connections | ours req/s | p50 ms | p99 ms | reference req/s | p50 ms | p99 ms | ours / reference | server CPU (ours / ref) | PostgreSQL CPU ms per write (ours / ref) | wrk CPU | errors (ours / ref) | timeouts (ours / ref) | every run, req/s (ours; ref) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for row in writes["rows"]:
             ours, ref = row["ours"], row["reference"]
@@ -275,6 +282,7 @@ def write_report(
                 f" {ours['server_cpu']:.2f} / {ref['server_cpu']:.2f} |"
                 f" {_per_write(ours, 'postgres_cpu')} / {_per_write(ref, 'postgres_cpu')} | {ours['generator_cpu']:.2f} |"
                 f" {errors[0]} / {errors[1]} | {ours['timeouts']} / {ref['timeouts']} |"
+                f" {_rounds(ours)}; {_rounds(ref)} |"
             )
         lines += ["", f"Command: `{writes['rows'][0]['ours']['command']}`"]
     spread = results.get("spread_writes")
