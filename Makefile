@@ -27,7 +27,7 @@ test: $(STAMP) ## Run the whole test suite against real PostgreSQL and Redis (in
 	scripts/ensure-services.sh redis redis://127.0.0.1:6379
 	$(PY) -m pytest
 
-bench: $(STAMP) ## Benchmarks (about 10 minutes): writes BENCHMARKS.md and bench/results.json
+bench: $(STAMP) ## Benchmarks (about 13 minutes): writes BENCHMARKS.md and bench/results.json
 	scripts/ensure-services.sh tools
 	scripts/ensure-services.sh postgres
 	scripts/ensure-services.sh redis redis://127.0.0.1:6379

@@ -1,6 +1,6 @@
 """`make bench`: the benchmark harness. Writes BENCHMARKS.md and bench/results.json.
 
-    python -m bench.run            # the full run (about 5 minutes on 2 cores)
+    python -m bench.run            # the full run (about 13 minutes on 2 cores)
     python -m bench.run --smoke    # tiny sizes, seconds: keeps the harness from rotting (tests/test_bench.py)
 
 Everything runs as deployed: both services under gunicorn with gevent
