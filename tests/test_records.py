@@ -20,16 +20,7 @@ from config.settings import Settings
 def busy_board(engine: Engine, registry: BoardRegistry, board_name: str) -> Iterator[Board]:
     """3,000 users, each updated twice: as many dead index entries as live ones, never analyzed."""
     board, _ = registry.put(f"{board_name}-plan", {})
-    with engine.begin() as conn:
-        conn.execute(
-            text(
-                "INSERT INTO scores (board, user_id, total, reached_at, version)"
-                " SELECT :board, 'user' || i, i, now(), 1 FROM generate_series(1, 3000) AS i"
-            ),
-            {"board": board.id},
-        )
-        for _ in range(2):
-            conn.execute(text("UPDATE scores SET total = total + 1 WHERE board = :board"), {"board": board.id})
+    make_busy(engine, board.id)
     return board
 
 
@@ -73,6 +64,14 @@ def fill(engine: Engine, board: str, users: int, first: int = 1) -> None:
             ),
             {"board": board, "users": users, "first": first},
         )
+
+
+def make_busy(engine: Engine, board: str) -> None:
+    """3,000 users on `board`, each updated twice."""
+    fill(engine, board, 3000)
+    with engine.begin() as conn:
+        for _ in range(2):
+            conn.execute(text("UPDATE scores SET total = total + 1 WHERE board = :board"), {"board": board})
 
 
 def analyze_count(engine: Engine) -> int:
@@ -233,10 +232,7 @@ def test_a_write_to_a_board_the_statistics_have_not_seen_reads_n_entries_not_the
     with new_tables.connect() as conn:
         conn.execute(text("ANALYZE scores"))
         conn.commit()
-    fill(new_tables, board.id, 3000)
-    with new_tables.begin() as conn:  # and as busy as busy_board
-        for _ in range(2):
-            conn.execute(text("UPDATE scores SET total = total + 1 WHERE board = :board"), {"board": board.id})
+    make_busy(new_tables, board.id)
     before = index_reads(new_tables)
     submitted = [records.Submitted(board, "user1", 1)]
     if path == "record":
